@@ -1,0 +1,1 @@
+"""Backends: one package per target (cpu; cuda to come)."""

@@ -1,0 +1,256 @@
+"""Parse a cell declaration into a `Graph`, rejecting every malformed one.
+
+The equations are read with Python's `ast` (they are never evaluated). Names:
+
+- ``x``: the step input (size D); allowed only as the right operand of ``@``.
+- ``<s>_prev``: state ``s`` at the previous step; ``<s>``: its new value.
+- a name assigned earlier: that intermediate value.
+- anything else: a parameter; a matrix when left of ``@``, else a vector of size H.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+
+from ..cell import Cell, SpecError
+from .graph import FUNCTIONS, Graph
+
+_BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+_OP_SYMBOL = {ast.Pow: "**", ast.Mod: "%", ast.FloorDiv: "//", ast.BitAnd: "&", ast.BitOr: "|",
+              ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}
+
+
+def _suggest(word: str, choices) -> str | None:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+class _Parser:
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        self.lines = cell.equations.splitlines()
+        self.graph = Graph(cell=cell.name, states=tuple(cell.state))
+        self.free_uses: dict[str, tuple[int, int]] = {}   # parameter -> first (line, col)
+        self.param_kind: dict[str, str] = {}               # parameter -> "matrix" | "vector"
+
+    # -- errors ------------------------------------------------------------------
+    def error(self, message: str, node: ast.AST | None = None, symbol: str | None = None,
+              hint: str | None = None, line: int | None = None) -> SpecError:
+        col = None
+        if node is not None and hasattr(node, "lineno"):
+            line, col = node.lineno, node.col_offset
+        src = self.lines[line - 1] if line and 0 < line <= len(self.lines) else None
+        return SpecError(self.cell.name, message, line=line, col=col, symbol=symbol,
+                         source_line=src, hint=hint)
+
+    # -- statements --------------------------------------------------------------
+    def parse(self) -> Graph:
+        cell, g = self.cell, self.graph
+        for s in cell.state:
+            if not isinstance(s, str) or not s.isidentifier():
+                raise self.error(f"state name {s!r} is not an identifier", symbol=str(s))
+            if s == "x" or s.endswith("_prev"):
+                raise self.error(f"state name `{s}` is reserved", symbol=s)
+        if len(set(cell.state)) != len(cell.state):
+            raise self.error("a state is declared twice in state=[...]", symbol=str(list(cell.state)))
+        try:
+            tree = ast.parse(cell.equations, mode="exec")
+        except SyntaxError as e:
+            raise self.error(f"syntax error: {e.msg}", line=e.lineno, symbol=(e.text or "").strip()) from None
+        except (ValueError, RecursionError, MemoryError) as e:
+            raise self.error(f"cannot parse the equations: {type(e).__name__}: {e}") from None
+        if not tree.body:
+            raise self.error("the equations are empty")
+
+        targets: dict[str, ast.stmt] = {}
+        self.refs: dict[str, set[str]] = {}
+        for stmt in tree.body:
+            if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+                raise self.error("each line must be one assignment `name = expression`", stmt,
+                                 symbol=type(stmt).__name__)
+            name = stmt.targets[0].id
+            if name == "x" or name.endswith("_prev") and name[:-5] in cell.state:
+                raise self.error(f"`{name}` is an input of the step and cannot be assigned", stmt, symbol=name)
+            if name in targets:
+                what = "state" if name in cell.state else "name"
+                raise self.error(f"{what} `{name}` is assigned twice (first on line {targets[name].lineno})",
+                                 stmt, symbol=name, hint="give the second value a new name")
+            targets[name] = stmt
+            self.refs[name] = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
+        self.targets = targets
+
+        for stmt in tree.body:
+            name = stmt.targets[0].id
+            self.current = name
+            g.names[name] = self.expr(stmt.value)
+            self.reject_x(g.names[name], stmt.value)
+
+        for s in cell.state:
+            if s not in g.names:
+                raise self.error(f"state `{s}` is never assigned", symbol=s,
+                                 hint=f"add a line `{s} = ...` giving its new value")
+            g.new_state[s] = g.names[s]
+        out = cell.output_name
+        if out not in g.names:
+            raise self.error(f"output `{out}` is neither a state nor an assigned value", symbol=out,
+                             hint=_suggest(out, g.names))
+        g.output = g.names[out]
+        self.check_param_lists()
+        g.params = list(self.free_uses)   # first-use order: the order of rnn.params
+        return g
+
+    def check_param_lists(self):
+        cell, used = self.cell, self.free_uses
+        if cell.params is not None:
+            for p in cell.params:
+                if p not in used:
+                    raise self.error(f"parameter `{p}` is listed in params but never used in the equations",
+                                     symbol=p, hint=_suggest(p, used))
+            for p, (line, col) in used.items():
+                if p not in cell.params:
+                    hint = _suggest(p, list(self.targets) + list(cell.params))
+                    raise SpecError(cell.name, f"`{p}` is not in params=[...] and is not assigned", line=line,
+                                    col=col, symbol=p, source_line=self.lines[line - 1],
+                                    hint=hint or f"add `{p}` to params if it is a parameter")
+        for p in cell.init:
+            if p not in used:
+                raise self.error(f"init names `{p}`, which the equations never use as a parameter",
+                                 symbol=p, hint=_suggest(p, used))
+
+    # -- expressions -------------------------------------------------------------
+    def expr(self, node: ast.AST) -> int:
+        g = self.graph
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise self.error(f"constant {node.value!r} is not a real number", node, symbol=repr(node.value))
+            return g.add("const", (), float(node.value), size="1")
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.UAdd):
+                return self.expr(node.operand)
+            if isinstance(node.op, ast.USub):
+                a = self.expr(node.operand)
+                self.reject_x(a, node)
+                if g.nodes[a].op == "const":
+                    return g.add("const", (), -g.nodes[a].attr, size="1")
+                return g.add("neg", (a,), size=g.nodes[a].size)
+            raise self.error(f"unary operator `{type(node.op).__name__}` is not supported", node)
+        if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.MatMult):
+                return self.matvec(node)
+            op = _BINOPS.get(type(node.op))
+            if op is None:
+                sym = _OP_SYMBOL.get(type(node.op), type(node.op).__name__)
+                hint = "write `exp(b * log(a))` or a product" if sym == "**" else None
+                raise self.error(f"operator `{sym}` is not supported (use + - * / @)", node, symbol=sym, hint=hint)
+            a, b = self.expr(node.left), self.expr(node.right)
+            return self.elementwise(op, (a, b), node)
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        raise self.error(f"`{type(node).__name__}` expressions are not part of the equation language",
+                         node, symbol=type(node).__name__)
+
+    def reject_x(self, i: int, node: ast.AST):
+        if self.graph.nodes[i].size == "D":
+            raise self.error("`x` is used outside `@`", node, symbol="x", hint="use it as `W @ x`")
+
+    def elementwise(self, op: str, args: tuple[int, ...], node: ast.AST) -> int:
+        g = self.graph
+        sizes = {g.nodes[a].size for a in args} - {"1"}
+        if "D" in sizes:
+            if "H" in sizes:
+                raise self.error("a vector of size D (`x`) meets a vector of size H elementwise", node,
+                                 symbol="x", hint="project it first: `W @ x`")
+            raise self.error("`x` is used outside `@`", node, symbol="x", hint="use it as `W @ x`")
+        if not sizes:   # constant folding keeps the graph free of all-constant nodes
+            vals = [g.nodes[a].attr for a in args]
+            folded = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
+            if op in folded:
+                return g.add("const", (), folded[op](*vals), size="1")
+            raise self.error(f"`{op}` of constants only: write the number", node, symbol=op)
+        return g.add(op, args, size="H")
+
+    def call(self, node: ast.Call) -> int:
+        if not isinstance(node.func, ast.Name):
+            raise self.error("only the functions of the language can be called", node, symbol=ast.unparse(node.func))
+        fn = node.func.id
+        if fn not in FUNCTIONS:
+            raise self.error(f"unknown function `{fn}`", node, symbol=fn,
+                             hint=_suggest(fn, FUNCTIONS) or f"the functions are: {', '.join(FUNCTIONS)}")
+        if node.keywords or len(node.args) != FUNCTIONS[fn]:
+            raise self.error(f"`{fn}` takes {FUNCTIONS[fn]} positional argument(s)", node, symbol=fn)
+        args = tuple(self.expr(a) for a in node.args)
+        return self.elementwise(fn, args, node)
+
+    def matvec(self, node: ast.BinOp) -> int:
+        g, left = self.graph, node.left
+        if not isinstance(left, ast.Name):
+            raise self.error("the left operand of `@` must be a parameter matrix name", node,
+                             symbol=ast.unparse(left))
+        name = left.id
+        if name == "x" or name in self.targets or name in self.cell.state or (
+                name.endswith("_prev") and name[:-5] in self.cell.state):
+            raise self.error(f"`{name}` is a value, not a parameter matrix, so it cannot stand left of `@`",
+                             left, symbol=name)
+        self.use_param(name, "matrix", left)
+        right = self.expr(node.right)
+        size = g.nodes[right].size
+        if size == "1":
+            raise self.error("the right operand of `@` must be a vector, not a constant", node.right)
+        seen = g.matrices.setdefault(name, size)
+        if seen != size:
+            raise self.error(f"matrix `{name}` multiplies vectors of sizes {seen} and {size}; "
+                             "one matrix has one shape", node, symbol=name, hint="use two matrices")
+        return g.add("matvec", (right,), name, size="H")
+
+    def name(self, node: ast.Name) -> int:
+        g, cell, name = self.graph, self.cell, node.id
+        if name == "x":   # size D: only `@` accepts it (checked where it is consumed)
+            return g.add("x", (), size="D")
+        if name.endswith("_prev") and name[:-5] in cell.state:
+            return g.add("prev", (), name[:-5])
+        if name in g.names:
+            return g.names[name]
+        if name in self.targets:
+            cycle = self.find_cycle(name)
+            if cycle:
+                raise self.error("the equations form a cycle: " + " -> ".join(cycle), node, symbol=name)
+            raise self.error(f"`{name}` is used before it is assigned (on line {self.targets[name].lineno})",
+                             node, symbol=name, hint="move its line up")
+        if name in cell.state:
+            raise self.error(f"state `{name}` is used before it is assigned", node, symbol=name,
+                             hint=f"the previous value is `{name}_prev`")
+        if name in FUNCTIONS:
+            raise self.error(f"function `{name}` is used as a value", node, symbol=name,
+                             hint=f"call it: `{name}(...)`")
+        self.use_param(name, "vector", node)
+        if name not in g.vectors:
+            g.vectors.append(name)
+        return g.add("param", (), name)
+
+    def use_param(self, name: str, kind: str, node: ast.AST):
+        seen = self.param_kind.setdefault(name, kind)
+        if seen != kind:
+            raise self.error(f"parameter `{name}` is used both as a matrix (left of `@`) and as a vector",
+                             node, symbol=name)
+        self.free_uses.setdefault(name, (node.lineno, node.col_offset))
+
+    def find_cycle(self, start: str) -> list[str] | None:
+        """A path from `start` back to the line being parsed, through later assignments."""
+        target, stack, seen = self.current, [(start, [self.current, start])], set()
+        while stack:
+            name, path = stack.pop()
+            for ref in self.refs.get(name, ()):
+                if ref == target:
+                    return path + [target]
+                if ref in self.refs and ref not in seen and ref not in self.graph.names:
+                    seen.add(ref)
+                    stack.append((ref, path + [ref]))
+        return None
+
+
+def parse_cell(cell: Cell) -> Graph:
+    """The expression graph of one step of `cell`; raises `SpecError` if malformed."""
+    return _Parser(cell).parse()

@@ -1,0 +1,61 @@
+"""The functional core: parameters in, arrays out, no hidden state.
+
+    y, final, tape = forward(cell, params, x, state0, training=True)
+    dx, dstate0, grads = backward(cell, params, tape, dy, dfinal)
+
+One layer, one direction. Shapes: x [T, B, D]; state0, final, dfinal,
+dstate0 {s: [B, H]}; y, dy [T, B, H]; params {name: [H, in] or [H]}. The layer
+API (`seqengine.RNN`) adds validation and PyTorch's leading layer axis on states;
+other frameworks can wrap these two functions directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cell import Cell
+from .compiler.parse import parse_cell
+
+
+def param_shapes(cell: Cell, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+    """{name: shape}: matrices [H, D] (products with x) or [H, H]; vectors [H]."""
+    g = parse_cell(cell)
+    sizes = {"D": input_size, "H": hidden_size}
+    return {p: (hidden_size, sizes[g.matrices[p]]) if p in g.matrices else (hidden_size,) for p in g.params}
+
+
+def init_params(cell: Cell, input_size: int, hidden_size: int, dtype=np.float32,
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Parameters drawn as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)), unless `cell.init` says otherwise."""
+    rng = rng if rng is not None else np.random.default_rng()
+    bound = 1.0 / np.sqrt(hidden_size)
+    params = {}
+    for name, shape in param_shapes(cell, input_size, hidden_size).items():
+        init = cell.init.get(name)
+        if init is None:
+            value = rng.uniform(-bound, bound, size=shape)
+        elif callable(init):
+            value = np.asarray(init(shape, rng))
+            if value.shape != shape:
+                raise ValueError(f"cell {cell.name!r}: init[{name!r}] returned shape {value.shape}, expected {shape}")
+        else:
+            value = np.full(shape, float(init))
+        params[name] = np.ascontiguousarray(value, dtype=dtype)
+    return params
+
+
+def _kernels(cell: Cell, dtype, backend: str):
+    if backend == "cpu":
+        from .backends.cpu import compile_cell
+        return compile_cell(cell, dtype)
+    raise ValueError(f"backend must be 'cpu'; got {backend!r}")
+
+
+def forward(cell: Cell, params: dict, x: np.ndarray, state0: dict, training: bool = True, backend: str = "cpu"):
+    """One layer over a sequence: y [T, B, H], final {s: [B, H]}, tape (None unless training)."""
+    return _kernels(cell, x.dtype, backend).forward(params, x, state0, training)
+
+
+def backward(cell: Cell, params: dict, tape, dy: np.ndarray, dfinal: dict, backend: str = "cpu"):
+    """Gradients of a training forward: dx [T, B, D], dstate0 {s: [B, H]}, grads {param: array}."""
+    return _kernels(cell, dy.dtype, backend).backward(params, tape, dy, dfinal)
