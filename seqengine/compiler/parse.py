@@ -187,8 +187,11 @@ class _Parser:
     def matvec(self, node: ast.BinOp) -> int:
         g, left = self.graph, node.left
         if not isinstance(left, ast.Name):
+            hint = None
+            if isinstance(left, ast.BinOp) and isinstance(left.op, (ast.Mult, ast.Div)):
+                hint = "`*`, `/` and `@` bind equally tightly, left to right: write `a * (W @ v)`"
             raise self.error("the left operand of `@` must be a parameter matrix name", node,
-                             symbol=ast.unparse(left))
+                             symbol=ast.unparse(left), hint=hint)
         name = left.id
         if name == "x" or name in self.targets or name in self.cell.state or (
                 name.endswith("_prev") and name[:-5] in self.cell.state):
