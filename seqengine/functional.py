@@ -44,11 +44,18 @@ def init_params(cell: Cell, input_size: int, hidden_size: int, dtype=np.float32,
     return params
 
 
+BACKENDS = ("cpu", "cuda")
+
+
 def _kernels(cell: Cell, dtype, backend: str):
+    """The backend's compiled kernels; each backend is imported only when asked for."""
     if backend == "cpu":
         from .backends.cpu import compile_cell
-        return compile_cell(cell, dtype)
-    raise ValueError(f"backend must be 'cpu'; got {backend!r}")
+    elif backend == "cuda":
+        from .backends.cuda import compile_cell
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    return compile_cell(cell, dtype)
 
 
 def forward(cell: Cell, params: dict, x: np.ndarray, state0: dict, training: bool = True, backend: str = "cpu"):

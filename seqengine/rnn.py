@@ -44,8 +44,8 @@ class RNN:
             raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
         if self.dtype not in _DTYPES:
             raise TypeError(f"dtype must be float32 or float64; got {self.dtype}")
-        if backend != "cpu":
-            raise ValueError(f"backend must be 'cpu'; got {backend!r}")
+        if backend not in functional.BACKENDS:
+            raise ValueError(f"backend must be one of {functional.BACKENDS}; got {backend!r}")
         self.backend = backend
         self.training = True
         rng = np.random.default_rng(seed)
