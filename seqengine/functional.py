@@ -58,9 +58,14 @@ def _kernels(cell: Cell, dtype, backend: str):
     return compile_cell(cell, dtype)
 
 
-def forward(cell: Cell, params: dict, x: np.ndarray, state0: dict, training: bool = True, backend: str = "cpu"):
-    """One layer over a sequence: y [T, B, H], final {s: [B, H]}, tape (None unless training)."""
-    return _kernels(cell, x.dtype, backend).forward(params, x, state0, training)
+def forward(cell: Cell, params: dict, x: np.ndarray, state0: dict, training: bool = True, backend: str = "cpu",
+            lengths: np.ndarray | None = None):
+    """One layer over a sequence: y [T, B, H], final {s: [B, H]}, tape (None unless training).
+
+    lengths [B] int64 in 1..T (None: all T): outputs past a sequence's length are zero, its final state is
+    taken at its own last step and backward ignores the padding.
+    """
+    return _kernels(cell, x.dtype, backend).forward(params, x, state0, training, lengths)
 
 
 def backward(cell: Cell, params: dict, tape, dy: np.ndarray, dfinal: dict, backend: str = "cpu"):

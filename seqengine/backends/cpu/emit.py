@@ -140,7 +140,7 @@ class CpuEmitter:
                 return f"{self.saved_array(i)}[t, b, j]"
             return f"{self.value_array(i)}[c, r, j]"
 
-        args = ["chunks", "x_proj"]
+        args = ["chunks", "lengths", "x_proj"]
         args += [f"state_{st}" for st in s.states]
         args += [f"weightT_{grp.name}" for grp in s.groups]
         args += [f"param_{p}" for p in g.vectors]
@@ -197,6 +197,7 @@ class CpuEmitter:
                         w("for b in range(b0, b1):")
                         with w.indent():
                             w("r = b - b0")
+                            self.forward_padding(w, seg, training, slot)
                             w("for j in range(H):")
                             with w.indent():
                                 for i in nodes:
@@ -210,6 +211,49 @@ class CpuEmitter:
                                     for target in targets:
                                         w(f"{target} = {self.local(i)}")
         return "\n".join(w.lines), args
+
+    def forward_padding(self, w, seg: int, training: bool, slot):
+        """Steps past a sequence's length: no work; the last segment writes what later steps read.
+
+        Training zeroes the state rows (the output may be a view of them) and the saved operands of the
+        deferred weight GEMMs; inference carries the state forward so slot T & 1 ends as the final state.
+        """
+        w("if t >= lengths[b]:   # past the end of this sequence")
+        with w.indent():
+            if seg == len(self.s.segments) - 1:
+                w("for j in range(H):")
+                with w.indent():
+                    for st in self.s.states:
+                        if training:
+                            w(f"state_{st}[t + 1, b, j] = F(0.0)")
+                        else:
+                            w(f"state_{st}[(t + 1) & 1, b, j] = state_{st}[t & 1, b, j]")
+                    if not (training and self.is_output_state()):
+                        w("y[t, b, j] = F(0.0)")
+                    if training:
+                        for i in sorted(self.operands):
+                            w(f"{self.saved_array(i)}[t, b, j] = F(0.0)")
+            w("continue")
+
+    def backward_padding(self, w, seg: int):
+        """Steps past a sequence's length: the adjoint of the final state waits at step `lengths[b]`,
+        and the product adjoints are zero, so the weight GEMMs ignore the padding."""
+        s = self.s
+        w("if t >= lengths[b]:   # past the end of this sequence")
+        with w.indent():
+            w("for j in range(H):")
+            with w.indent():
+                for grp in s.groups:
+                    if grp.level == seg:
+                        for k in range(len(grp.members)):
+                            w(f"d_prod_{grp.name}[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
+                if seg == 0:
+                    if s.x_group:
+                        for k in range(len(s.x_group.members)):
+                            w(f"d_x_proj[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
+                    for st in s.states:
+                        w(f"d_state_{st}[t & 1, c, r, j] = d_final_{st}[b, j]")
+            w("continue")
 
     def operand_rows(self, grp, training: bool, slot) -> str:
         n = self.g.nodes[grp.operand]
@@ -273,7 +317,7 @@ class CpuEmitter:
         out_is_state = self.is_output_state()
         prev_users = self.prev_contrib_segments()
 
-        args = ["chunks", "d_y"]
+        args = ["chunks", "lengths", "d_y"]
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
         args.append("d_x_proj")
         args += [f"d_prod_{grp.name}" for grp in s.groups]
@@ -438,6 +482,7 @@ class CpuEmitter:
         w("for b in range(b0, b1):")
         with w.indent():
             w("r = b - b0")
+            self.backward_padding(w, seg)
             w("for j in range(H):")
             with w.indent():
                 for name in sorted(loads, key=loads.get):

@@ -53,14 +53,20 @@ class CpuKernels:
         return None if g is None else self._stack(params, g.matrices)
 
     # -- forward -----------------------------------------------------------------
-    def forward(self, params: dict, x: np.ndarray, state0: dict, training: bool):
-        """x [T, B, D], state0 {s: [B, H]} -> y [T, B, H], final {s: [B, H]}, Tape or None."""
+    def forward(self, params: dict, x: np.ndarray, state0: dict, training: bool, lengths: np.ndarray | None = None):
+        """x [T, B, D], state0 {s: [B, H]}, lengths [B] (1..T; None: all T)
+        -> y [T, B, H] (zero past each length), final {s: [B, H]} (at each sequence's last step), Tape or None.
+        """
         s, dt = self.sched, self.dtype
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
         chunks = _chunks(B)
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
-        arrays: dict[str, np.ndarray] = {"chunks": chunks}
+        if lengths is None:
+            lengths = np.full(B, T, np.int64)
+        elif lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
+            x = np.where(np.arange(T)[:, None, None] < lengths[None, :, None], x, 0).astype(dt)
+        arrays: dict[str, np.ndarray] = {"chunks": chunks, "lengths": lengths}
 
         w_x = self._x_weights(params)                                    # [Gx*H, D]
         if w_x is None:
@@ -94,8 +100,10 @@ class CpuKernels:
             y = arrays[f"state_{st}"][1:]
         else:
             y = arrays["y"]
-        last = T if training else T & 1
-        final = {st: arrays[f"state_{st}"][last].copy() for st in s.states}
+        if training:   # each sequence's state at its own last step
+            final = {st: arrays[f"state_{st}"][lengths, np.arange(B)] for st in s.states}
+        else:          # the kernel carried finished sequences' states to slot T & 1
+            final = {st: arrays[f"state_{st}"][T & 1].copy() for st in s.states}
         tape = Tape(x, arrays, chunks) if training else None
         return y, final, tape
 
