@@ -12,6 +12,7 @@ from .cell import Cell, SpecError
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginError, PluginLoadWarning, UnknownCellError, cells, get_cell, load_plugins
 from .rnn import RNN
+from .checkpoint import load
 
 __all__ = ["Cell", "SpecError", "hookimpl", "hookspec", "PluginError", "PluginLoadWarning",
-           "UnknownCellError", "cells", "get_cell", "load_plugins", "RNN", "__version__"]
+           "UnknownCellError", "cells", "get_cell", "load_plugins", "RNN", "load", "__version__"]

@@ -70,12 +70,21 @@ class Registry:
                     warnings.warn(f"seqengine plugin {ep.name!r} ({ep.value}) failed to import: "
                                   f"{type(e).__name__}: {e}", PluginLoadWarning, stacklevel=3)
                     continue
-                self.add_plugin(module, ep.name, from_entry_point=True)
+                try:
+                    self.add_plugin(module, ep.name, from_entry_point=True)
+                except PluginError as e:   # a misspelt hook: reported, and the others still load
+                    self.failed[ep.name] = str(e)
+                    warnings.warn(str(e), PluginLoadWarning, stacklevel=3)
             self.loaded = True
 
     def add_plugin(self, plugin, name: str | None = None, from_entry_point: bool = False) -> str:
         """Register a plugin object (module or class instance) and collect its cells."""
-        name = self.pm.register(plugin, name=name)
+        try:
+            name = self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as e:   # bad hook signature, name taken
+            if name is not None and self.pm.get_plugin(name) is plugin:
+                self.pm.unregister(plugin)
+            raise PluginError(f"seqengine plugin {name!r}: {e}") from None
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as e:

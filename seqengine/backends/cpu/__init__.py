@@ -8,8 +8,11 @@ from ...cell import Cell
 from ...compiler.cache import load_generated_module
 from ...compiler.parse import parse_cell
 from ...compiler.schedule import schedule
-from .emit import emit_module
+from .emit import emit_module, raise_vectorizer_limits
 from .runtime import CpuKernels
+
+
+raise_vectorizer_limits()
 
 
 def kernel_source(cell: Cell, dtype="float32") -> str:

@@ -31,6 +31,8 @@ from ...compiler.graph import Graph
 from ...compiler.schedule import Schedule
 
 FASTMATH = '{"nsz", "arcp", "contract", "afn", "reassoc"}'   # keeps NaN/Inf semantics
+# error_model="numpy": no ZeroDivisionError check per division, which would keep loops scalar
+JIT = '@njit(cache=True, fastmath=FASTMATH, error_model="numpy")'
 
 # Scalar helpers, written per dtype (F is np.float32 or np.float64) so that no
 # float64 constant promotes a float32 loop.
@@ -41,13 +43,35 @@ HELPERS = {
     "log": "def log(v):\n    return math.log(v)",
     "relu": "def relu(v):\n    return v if v > F(0.0) else F(0.0)",
     "softplus": "def softplus(v):\n    # log(1 + e^v) without overflow for large v\n"
-                "    return max(v, F(0.0)) + math.log1p(math.exp(-abs(v)))",
+                "    return max(v, F(0.0)) + math.log1p(exp(-abs(v)))",
     "abs": "def abs_(v):\n    return abs(v)",
     "sqrt": "def sqrt(v):\n    return math.sqrt(v)",
     "maximum": "def maximum(a, b):\n    return a if a >= b else b",
     "minimum": "def minimum(a, b):\n    return a if a <= b else b",
 }
 HELPER_NAME = {"abs": "abs_"}
+# float32: vectorizable versions (seqengine.backends.cpu.fastmath) instead of libm calls
+FAST32 = {"exp": "exp32", "tanh": "tanh32", "sigmoid": "sigmoid32"}
+
+
+def raise_vectorizer_limits():
+    """Let LLVM vectorize a fused loop that touches many arrays.
+
+    Numba cannot mark array arguments `noalias`, so LLVM guards a vectorized loop with runtime
+    overlap checks, one per pair of arrays, and by default gives up beyond a few dozen: every
+    gate loop of an LSTM stayed scalar. The limit is a process-wide LLVM option that only widens
+    which loops may vectorize (each check still runs, and falls back to the scalar loop).
+    """
+    import llvmlite.binding as llvm
+    if llvm.llvm_version_info[0] >= 14:   # the option's name since LLVM 14; unknown options exit LLVM
+        llvm.set_option("seqengine", "-vectorize-memory-check-threshold=4096")
+
+
+def _fastmath_digest() -> str:
+    """Generated modules import fastmath; its digest in their source keys Numba's cache to its version."""
+    import hashlib
+    from . import fastmath
+    return hashlib.sha256(open(fastmath.__file__, "rb").read()).hexdigest()[:16]
 
 
 class _Writer:
@@ -175,41 +199,39 @@ class CpuEmitter:
             n = g.nodes[i]
             return _rename_helpers(FORWARD[n.op](*[expr_of(a, seg) for a in n.args]))
 
-        w(f"@njit(parallel=True, cache=True, fastmath=FASTMATH)")
-        w(f"def {name}({', '.join(args)}):")
+        w(JIT)
+        w(f"def {name}_rows(c, b0, b1, {', '.join(args[1:])}):")
         with w.indent():
+            w('"""One thread\'s share: batch rows b0:b1 (chunk c) for all T steps."""')
             self.header_comments(w, args, training)
             w("T = x_proj.shape[0]")
             w(f"H = state_{s.states[0]}.shape[2]")
-            w("for c in prange(chunks.shape[0] - 1):   # one chunk of batch rows per thread")
+            w("for t in range(T):")
             with w.indent():
-                w("b0 = chunks[c]")
-                w("b1 = chunks[c + 1]")
-                w("for t in range(T):")
-                with w.indent():
-                    for seg, nodes in enumerate(s.segments):
-                        for grp in s.groups:
-                            if grp.level != seg:
-                                continue
-                            op = self.operand_rows(grp, training, slot)
-                            w(f"np.dot({op}, weightT_{grp.name}, prod_{grp.name}[c, :b1 - b0])"
-                              f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
-                        w("for b in range(b0, b1):")
+                for seg, nodes in enumerate(s.segments):
+                    for grp in s.groups:
+                        if grp.level != seg:
+                            continue
+                        op = self.operand_rows(grp, training, slot)
+                        w(f"np.dot({op}, weightT_{grp.name}, prod_{grp.name}[c, :b1 - b0])"
+                          f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
+                    w("for b in range(b0, b1):")
+                    with w.indent():
+                        w("r = b - b0")
+                        self.forward_padding(w, seg, training, slot)
+                        w("for j in range(H):")
                         with w.indent():
-                            w("r = b - b0")
-                            self.forward_padding(w, seg, training, slot)
-                            w("for j in range(H):")
-                            with w.indent():
-                                for i in nodes:
-                                    n = g.nodes[i]
-                                    targets = self.forward_stores(i, training, slot, stored_value)
-                                    if n.op == "matvec":   # a product read straight from its GEMM
-                                        if targets:
-                                            w(f"{self.local(i)} = {expr_of(i, seg).source()}")
-                                    elif i not in inlined:
-                                        w(f"{self.local(i)} = {compute(i, seg).source()}")
-                                    for target in targets:
-                                        w(f"{target} = {self.local(i)}")
+                            for i in nodes:
+                                n = g.nodes[i]
+                                targets = self.forward_stores(i, training, slot, stored_value)
+                                if n.op == "matvec":   # a product read straight from its GEMM
+                                    if targets:
+                                        w(f"{self.local(i)} = {expr_of(i, seg).source()}")
+                                elif i not in inlined:
+                                    w(f"{self.local(i)} = {compute(i, seg).source()}")
+                                for target in targets:
+                                    w(f"{target} = {self.local(i)}")
+        self.driver(w, name, args)
         return "\n".join(w.lines), args
 
     def forward_padding(self, w, seg: int, training: bool, slot):
@@ -345,55 +367,65 @@ class CpuEmitter:
             assert i in self.saved, f"backward needs value {g.label(i)} that was not saved"
             return Expr(ast.parse(f"{self.saved_array(i)}[t, b, j]", mode="eval").body)
 
-        w("@njit(parallel=True, cache=True, fastmath=FASTMATH)")
-        w(f"def backward({', '.join(args)}):")
+        w(JIT)
+        w(f"def backward_rows(c, b0, b1, {', '.join(args[1:])}):")
         with w.indent():
+            w('"""One thread\'s share: batch rows b0:b1 (chunk c), steps T-1 down to 0."""')
             w("# d_y: [T, B, H] adjoint of the outputs; d_final_<s>/d_init_<s>: [B, H] state adjoints at T / at 0")
             w("# d_x_proj: [T, B, Gx*H], d_prod_<g>: [T, B, k*H] adjoints of the products, kept for the weight GEMMs")
             w("# d_params: [NC, P, H] per-thread vector gradients; d_state_<s>: [2, NC, BC, H] adjoint of the state")
             w("#   at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_gemm_<s>: [NC, BC, H] its GEMM part")
             w("T = d_y.shape[0]")
             w(f"H = state_{s.states[0]}.shape[2]")
-            w("for c in prange(chunks.shape[0] - 1):")
+            w("for b in range(b0, b1):")
             with w.indent():
-                w("b0 = chunks[c]")
-                w("b1 = chunks[c + 1]")
-                w("for b in range(b0, b1):")
-                with w.indent():
-                    w("r = b - b0")
-                    w("for j in range(H):")
-                    with w.indent():
-                        for st in s.states:
-                            w(f"d_state_{st}[T & 1, c, r, j] = d_final_{st}[b, j]")
-                        for st in gemm_states:
-                            w(f"d_gemm_{st}[c, r, j] = F(0.0)")
-                w("for t in range(T - 1, -1, -1):")
+                w("r = b - b0")
+                w("for j in range(H):")
                 with w.indent():
                     for st in s.states:
-                        if len(prev_users[st]) != 1:
-                            w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
-                    for i in sorted(s.cross_adjoints):
-                        w(f"d_cross_{self.local(i).rstrip('_')}[c, :b1 - b0] = F(0.0)")
-                    for seg in range(len(s.segments) - 1, -1, -1):
-                        self.backward_segment(w, seg, value, prev_users, out_is_state)
-                        for grp in s.groups:
-                            if grp.level != seg:
-                                continue
-                            if grp.kind == "state":
-                                target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
-                            else:
-                                target = f"d_operand_{self.local(grp.operand).rstrip('_')}[c, :b1 - b0]"
-                            w(f"np.dot(d_prod_{grp.name}[t, b0:b1], weight_{grp.name}, {target})"
-                              f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
-                w("for b in range(b0, b1):")
+                        w(f"d_state_{st}[T & 1, c, r, j] = d_final_{st}[b, j]")
+                    for st in gemm_states:
+                        w(f"d_gemm_{st}[c, r, j] = F(0.0)")
+            w("for t in range(T - 1, -1, -1):")
+            with w.indent():
+                for st in s.states:
+                    if len(prev_users[st]) != 1:
+                        w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
+                for i in sorted(s.cross_adjoints):
+                    w(f"d_cross_{self.local(i).rstrip('_')}[c, :b1 - b0] = F(0.0)")
+                for seg in range(len(s.segments) - 1, -1, -1):
+                    self.backward_segment(w, seg, value, prev_users, out_is_state)
+                    for grp in s.groups:
+                        if grp.level != seg:
+                            continue
+                        if grp.kind == "state":
+                            target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
+                        else:
+                            target = f"d_operand_{self.local(grp.operand).rstrip('_')}[c, :b1 - b0]"
+                        w(f"np.dot(d_prod_{grp.name}[t, b0:b1], weight_{grp.name}, {target})"
+                          f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
+            w("for b in range(b0, b1):")
+            with w.indent():
+                w("r = b - b0")
+                w("for j in range(H):")
                 with w.indent():
-                    w("r = b - b0")
-                    w("for j in range(H):")
-                    with w.indent():
-                        for st in s.states:
-                            gemm = f" + d_gemm_{st}[c, r, j]" if st in gemm_states else ""
-                            w(f"d_init_{st}[b, j] = d_state_{st}[0, c, r, j]{gemm}")
+                    for st in s.states:
+                        gemm = f" + d_gemm_{st}[c, r, j]" if st in gemm_states else ""
+                        w(f"d_init_{st}[b, j] = d_state_{st}[0, c, r, j]{gemm}")
+        self.driver(w, "backward", args)
         return "\n".join(w.lines), args
+
+    def driver(self, w, name: str, args: list[str]):
+        """The parallel entry point: one chunk of batch rows per Numba thread, no per-step barrier."""
+        rest = ", ".join(args[1:])
+        w("")
+        w("")
+        w("@njit(parallel=True, cache=True)")
+        w(f"def {name}({', '.join(args)}):")
+        with w.indent():
+            w("for c in prange(chunks.shape[0] - 1):")
+            with w.indent():
+                w(f"{name}_rows(c, chunks[c], chunks[c + 1], {rest})")
 
     def prev_contrib_segments(self) -> dict[str, set[int]]:
         """For each state, the segments whose loops add to the adjoint of its previous value."""
@@ -499,12 +531,18 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
     kernels = {"forward_train": em.forward(True), "forward_infer": em.forward(False), "backward": em.backward()}
     used = {n.op for n in g.nodes if n.id in sched.live and n.op in HELPERS}
     if "softplus" in used:
-        used.add("sigmoid")   # its derivative
-    parts = [f'"""seqengine CPU kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
-             "import math", "", "import numpy as np", "from numba import njit, prange", "",
-             f"F = np.{dtype}", f"FASTMATH = {FASTMATH}", ""]
-    for fn in sorted(used):
-        parts += ["", "@njit(cache=True, fastmath=FASTMATH)", HELPERS[fn], ""]
+        used |= {"sigmoid", "exp"}   # its derivative, its body
+    fast = {fn: FAST32[fn] for fn in used if fn in FAST32} if dtype == "float32" else {}
+    header = f"{doc}\n\nfloat32 exp/tanh/sigmoid: seqengine.backends.cpu.fastmath {_fastmath_digest()}" if fast else doc
+    parts = [f'"""seqengine CPU kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{header}\n"""',
+             "import math", "", "import numpy as np", "from numba import njit, prange", ""]
+    if fast:
+        parts.append("from seqengine.backends.cpu.fastmath import "
+                     + ", ".join(f"{src} as {fn}" for fn, src in sorted(fast.items())))
+        parts.append("")
+    parts += [f"F = np.{dtype}", f"FASTMATH = {FASTMATH}", ""]
+    for fn in sorted(used - set(fast)):
+        parts += ["", JIT, HELPERS[fn], ""]
     for name, (src, args) in kernels.items():
         parts += ["", f"{name.upper()}_ARGS = {tuple(args)!r}", "", src, ""]
     return "\n".join(parts), {name: args for name, (src, args) in kernels.items()}

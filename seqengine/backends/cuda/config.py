@@ -1,0 +1,35 @@
+"""Named launch defaults of the CUDA backend (tunables are passed to kernels, never frozen globals).
+
+The block shapes are runtime launch parameters: every kernel sizes its shared
+memory dynamically from ``blockDim``, so tests can launch tiny blocks (forcing
+many blocks on tiny shapes) with the very kernels a GPU runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Threads per block of the generated kernels.
+
+    units: threads along the hidden units of a step kernel (blockDim.x; also the operand
+           tile width staged in shared memory for the in-step products).
+    rows:  threads along the batch rows of a step kernel (blockDim.y).
+    gemm_tile: side of the square tiles of the hoisted and deferred GEMM kernels.
+    """
+
+    units: int = 32
+    rows: int = 4
+    gemm_tile: int = 16
+
+    def __post_init__(self):
+        for name in ("units", "rows", "gemm_tile"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LaunchConfig.{name} must be >= 1")
+        if self.units * self.rows > 1024 or self.gemm_tile ** 2 > 1024:
+            raise ValueError("a CUDA block has at most 1024 threads")
+
+
+DEFAULT_LAUNCH = LaunchConfig()

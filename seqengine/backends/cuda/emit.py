@@ -1,0 +1,668 @@
+"""Emit the Numba CUDA kernels of a scheduled cell as readable Python source.
+
+Same declaration, same schedule, same derivative table as the CPU emitter; only
+the parallel decomposition differs (see docs/CUDA.md):
+
+- One CUDA thread per (batch row b, hidden unit j) of a step: grid x over H,
+  grid y over B. A *step kernel* is launched per time step and per segment of
+  the schedule; it first computes the in-loop products of its level (each
+  thread: dot products of operand row b with weight column j of each of its k
+  gate blocks, the operand rows staged in shared memory one tile of columns at
+  a time), then the fused pointwise work of its segment. A cell with a
+  reset-before product (``U_n @ (r * h_prev)``) has a second segment: its
+  product needs every unit of ``r * h_prev`` of the row, so it runs as a second
+  phase (a second launch) of the step.
+- Backward mirrors it: per step, segments in reverse; each backward step kernel
+  first computes the GEMM adjoints that need a whole row of product adjoints
+  written by the previous launch (``d_prod_g @ weight_g``), then the pointwise
+  adjoints of its segment.
+- The hoisted input projection and the deferred weight-gradient products run in
+  one tiled shared-memory GEMM kernel (``gemm_kernel``) with transpose flags.
+
+Shared memory is dynamic (``cuda.shared.array(0, FT)``), sized by the launch, so
+block shapes stay runtime arguments. Array names follow the CPU kernels; per-row
+scratch is [B, H] (each thread owns one element across launches, so no races).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from ...compiler.differentiate import FORWARD, Expr, adjoint_contributions
+from ...compiler.graph import Graph
+from ...compiler.schedule import Schedule
+
+# Device helpers, one per function of the language; F is the kernel's float type so
+# that no float64 constant promotes a float32 kernel.
+HELPERS = {
+    "sigmoid": "def _gpu_sigmoid(v):\n    return F(1.0) / (F(1.0) + math.exp(-v))",
+    "tanh": "def _gpu_tanh(v):\n    return math.tanh(v)",
+    "exp": "def _gpu_exp(v):\n    return math.exp(v)",
+    "log": "def _gpu_log(v):\n    return math.log(v)",
+    "relu": "def _gpu_relu(v):\n    return v if v > F(0.0) else F(0.0)",
+    "softplus": "def _gpu_softplus(v):\n    # log(1 + e^v) without overflow for large v\n"
+                "    return max(v, F(0.0)) + math.log1p(math.exp(-abs(v)))",
+    "abs": "def _gpu_abs(v):\n    return abs(v)",
+    "sqrt": "def _gpu_sqrt(v):\n    return math.sqrt(v)",
+    "maximum": "def _gpu_maximum(a, b):\n    return a if a >= b else b",
+    "minimum": "def _gpu_minimum(a, b):\n    return a if a <= b else b",
+}
+
+# Kernels that do not depend on the cell (typed per dtype through F).
+SUPPORT_KERNELS = '''
+@cuda.jit(cache=True)
+def gemm_kernel(a, b, c, trans_a, trans_b, accumulate):
+    # c [M, N] (+)= op(a) [M, K] @ op(b) [K, N]; op(v) = v.T when trans_v != 0
+    # square tiles of side blockDim.x; shared memory [2, TS, TS]: a tile, then b tile
+    ts = cuda.blockDim.x
+    tile = cuda.shared.array(0, FT)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    i = cuda.blockIdx.y * ts + ty
+    j = cuda.blockIdx.x * ts + tx
+    M = c.shape[0]
+    N = c.shape[1]
+    K = a.shape[0] if trans_a else a.shape[1]
+    acc = F(0.0)
+    for k0 in range(0, K, ts):
+        ka = k0 + tx
+        if i < M and ka < K:
+            tile[ty * ts + tx] = a[ka, i] if trans_a else a[i, ka]
+        else:
+            tile[ty * ts + tx] = F(0.0)
+        kb = k0 + ty
+        if kb < K and j < N:
+            tile[ts * ts + ty * ts + tx] = b[j, kb] if trans_b else b[kb, j]
+        else:
+            tile[ts * ts + ty * ts + tx] = F(0.0)
+        cuda.syncthreads()
+        for kk in range(ts):
+            acc += tile[ty * ts + kk] * tile[ts * ts + kk * ts + tx]
+        cuda.syncthreads()
+    if i < M and j < N:
+        if accumulate:
+            c[i, j] += acc
+        else:
+            c[i, j] = acc
+
+
+@cuda.jit(cache=True)
+def pack_kernel(src, dst, offset, transpose):
+    # src [R, C] -> dst[offset + r, c] (rows of a stacked matrix), or dst[c, offset + r] (transposed)
+    c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    r = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if r < src.shape[0] and c < src.shape[1]:
+        if transpose:
+            dst[c, offset + r] = src[r, c]
+        else:
+            dst[offset + r, c] = src[r, c]
+
+
+@cuda.jit(cache=True)
+def fill_kernel(a, value):
+    # a [N] = value
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = value
+
+
+@cuda.jit(cache=True)
+def add_kernel(a, b):
+    # a [N] += b [N]
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] += b[i]
+
+
+@cuda.jit(cache=True)
+def mask_padding_kernel(x, lengths, out):
+    # x, out [T, B, D]: out = x before each sequence's length, 0 after (padding never reaches a GEMM)
+    d = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    tb = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    B = x.shape[1]
+    if d < x.shape[2] and tb < x.shape[0] * B:
+        t = tb // B
+        b = tb - t * B
+        out[t, b, d] = x[t, b, d] if t < lengths[b] else F(0.0)
+
+
+@cuda.jit(cache=True)
+def gather_final_kernel(state, lengths, out):
+    # state [T + 1, B, H], out [B, H]: the state at each sequence's own end
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if b < out.shape[0] and j < out.shape[1]:
+        out[b, j] = state[lengths[b], b, j]
+
+
+@cuda.jit(cache=True)
+def sum_rows_kernel(per_row, out):
+    # per_row [P, B, H] -> out [P, H]: vector-parameter gradients summed over batch rows
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    p = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if p < out.shape[0] and j < out.shape[1]:
+        acc = F(0.0)
+        for b in range(per_row.shape[1]):
+            acc += per_row[p, b, j]
+        out[p, j] = acc
+'''
+
+# Argument types of the support kernels, as (kind, ndim): "f" float array, "i" int64 array,
+# "i" with ndim 0 an int64 scalar, "f" with ndim 0 a float scalar. Used by the PTX check.
+SUPPORT_SIGNATURES = {
+    "gemm_kernel": (("f", 2), ("f", 2), ("f", 2), ("i", 0), ("i", 0), ("i", 0)),
+    "pack_kernel": (("f", 2), ("f", 2), ("i", 0), ("i", 0)),
+    "fill_kernel": (("f", 1), ("f", 0)),
+    "add_kernel": (("f", 1), ("f", 1)),
+    "mask_padding_kernel": (("f", 3), ("i", 1), ("f", 3)),
+    "gather_final_kernel": (("f", 3), ("i", 1), ("f", 2)),
+    "sum_rows_kernel": (("f", 3), ("f", 2)),
+}
+
+
+class _Writer:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, line: str = ""):
+        self.lines.append("    " * self.depth + line if line else "")
+
+    def indent(self):
+        w = self
+
+        class _Block:
+            def __enter__(self):
+                w.depth += 1
+
+            def __exit__(self, *exc):
+                w.depth -= 1
+        return _Block()
+
+
+def _load(src: str) -> Expr:
+    return Expr(ast.parse(src, mode="eval").body)
+
+
+def _device_helpers(e: Expr) -> Expr:
+    """Calls of the language's functions -> calls of the `_gpu_` device helpers."""
+    for n in ast.walk(e.node):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in HELPERS:
+            n.func.id = "_gpu_" + n.func.id
+    return e
+
+
+def _sum(exprs: list[Expr]) -> Expr:
+    total = exprs[0]
+    for e in exprs[1:]:
+        total = total + e
+    return total
+
+
+class CudaEmitter:
+    def __init__(self, sched: Schedule, dtype: str):
+        self.s, self.g, self.dtype = sched, sched.graph, dtype
+        g, s = self.g, sched
+        self.consumers = {k: [c for c in v if c in s.live] for k, v in g.consumers().items()}
+        self.named = {i: name for name, i in g.names.items()}
+        self.state_of = {i: st for st, i in g.new_state.items()}
+        self.vec_index = {p: k for k, p in enumerate(g.vectors)}
+        self.operands = {grp.operand for grp in s.operand_groups()}
+        self.saved = set(s.saved)
+        # products of an in-loop group read by a later segment than their own: the thread's
+        # local product does not survive its launch, so it goes through a [B, H] array
+        self.late_products = {i for grp in s.groups for i in grp.members
+                              if any(s.segment_of[u] > grp.level for u in self.consumers[i])}
+        self.signatures: dict[str, tuple] = {}
+
+    # -- naming ------------------------------------------------------------------
+    def local(self, i: int) -> str:
+        n = self.g.nodes[i]
+        if i in self.named:
+            return f"{self.named[i]}_"
+        return f"{n.attr}_prev_" if n.op == "prev" else f"v{i}_"
+
+    def stem(self, i: int) -> str:
+        return self.local(i).rstrip("_")
+
+    def block(self, i: int) -> str:
+        """`j` offset by the product's block inside its group."""
+        k = self.s.group_of[i].members.index(i)
+        return "j" if k == 0 else f"{k} * H + j"
+
+    def product_local(self, i: int) -> str:
+        grp = self.s.group_of[i]
+        return f"p_{grp.name}_{grp.members.index(i)}"
+
+    def is_output_state(self) -> bool:
+        return self.g.output in self.state_of
+
+    def ndim(self, arg: str) -> tuple[str, int]:
+        if arg == "t" or arg == "T":
+            return ("i", 0)
+        if arg == "lengths":
+            return ("i", 1)
+        if arg.startswith(("param_",)):
+            return ("f", 1)
+        if arg.startswith(("weightT_", "weight_", "value_", "d_cross_", "d_final_", "d_init_")):
+            return ("f", 2)
+        return ("f", 3)   # x_proj, state_, y, saved_, d_y, d_x_proj, d_prod_, d_params, d_state_
+
+    def leaf(self, i: int, prev_slot: str) -> Expr:
+        n = self.g.nodes[i]
+        if n.op == "prev":
+            return _load(f"state_{n.attr}[{prev_slot}, b, j]")
+        if n.op == "param":
+            return _load(f"param_{n.attr}[j]")
+        if n.op == "const":
+            return Expr.num(n.attr)
+        raise AssertionError(f"no pointwise load for {n.op}")
+
+    # -- shared pieces -----------------------------------------------------------
+    def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
+        self.signatures[name] = tuple(self.ndim(a) for a in args)
+        w("@cuda.jit(cache=True)")
+        w(f"def {name}({', '.join(args)}):")
+        w.depth += 1
+        for c in comments:
+            w(f"# {c}")
+        w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
+        w("b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y   # batch row")
+        w(f"B = state_{self.s.states[0]}.shape[1]")
+        w(f"H = state_{self.s.states[0]}.shape[2]")
+        w("active = b < B and j < H")
+
+    def row_products(self, w, outputs: list[str], operand_row: str, matrix: str, columns: list[str],
+                     count: str, comment: str):
+        """outputs[m] = sum_k operand_row(k) * matrix[k, columns[m]] over k < count, for row b.
+
+        Every thread of the block takes part in staging the operand rows of its block in
+        shared memory (blockDim.y rows, blockDim.x columns per tile), active or not.
+        """
+        w(f"# {comment}")
+        for o in outputs:
+            w(f"{o} = F(0.0)")
+        w(f"K = {count}")
+        w("for k0 in range(0, K, cuda.blockDim.x):")
+        with w.indent():
+            w("if b < B and k0 + cuda.threadIdx.x < K:")
+            with w.indent():
+                w(f"tile[row + cuda.threadIdx.x] = {operand_row.format(k='k0 + cuda.threadIdx.x')}")
+            w("else:")
+            with w.indent():
+                w("tile[row + cuda.threadIdx.x] = F(0.0)")
+            w("cuda.syncthreads()")
+            w("if active:")
+            with w.indent():
+                w("for kk in range(min(cuda.blockDim.x, K - k0)):")
+                with w.indent():
+                    w("o = tile[row + kk]")
+                    for o, col in zip(outputs, columns):
+                        w(f"{o} += o * {matrix}[k0 + kk, {col}]")
+            w("cuda.syncthreads()")
+
+    def shared_tile(self, w):
+        w("tile = cuda.shared.array(0, FT)   # [blockDim.y, blockDim.x] operand rows, one tile of columns")
+        w("row = cuda.threadIdx.y * cuda.blockDim.x")
+
+    # -- forward -----------------------------------------------------------------
+    def forward_args(self, training: bool) -> list[str]:
+        s, g = self.s, self.g
+        args = ["t", "lengths", "x_proj"]
+        args += [f"state_{st}" for st in s.states]
+        args += [f"weightT_{grp.name}" for grp in s.groups]
+        args += [f"param_{p}" for p in g.vectors]
+        if not (training and self.is_output_state()):
+            args.append("y")
+        if training:
+            args += [f"saved_{self.stem(i)}" for i in s.saved]
+        args += [f"value_{self.stem(i)}" for i in self.scratch_values(training)]
+        return args
+
+    def scratch_values(self, training: bool) -> list[int]:
+        s = self.s
+        return sorted(i for i in (s.cross_values | self.operands | self.late_products)
+                      if not (training and i in self.saved))
+
+    def forward(self, training: bool) -> tuple[list[str], list[str], list[str]]:
+        """Source of the step kernels (one per segment), their names, and their common arguments."""
+        s, g = self.s, self.g
+        mode = "train" if training else "infer"
+        args = self.forward_args(training)
+        prev_slot = "t" if training else "t & 1"
+        new_slot = "t + 1" if training else "(t + 1) & 1"
+        inlined = self.inlinable(training)
+
+        def stored_value(i: int) -> str:
+            if training and i in self.saved:
+                return f"saved_{self.stem(i)}[t, b, j]"
+            return f"value_{self.stem(i)}[b, j]"
+
+        def stores(i: int) -> list[str]:
+            targets = []
+            if i in self.state_of:
+                targets.append(f"state_{self.state_of[i]}[{new_slot}, b, j]")
+            if i == g.output and not (training and i in self.state_of):
+                targets.append("y[t, b, j]")
+            if ((training and i in self.saved) or i in s.cross_values or i in self.operands
+                    or i in self.late_products):
+                targets.append(stored_value(i))
+            return targets
+        self._forward_stores = stores
+
+        sources, names = [], []
+        for seg, nodes in enumerate(s.segments):
+            def expr_of(i: int) -> Expr:
+                n = g.nodes[i]
+                if n.is_leaf:
+                    return self.leaf(i, prev_slot)
+                if n.op == "matvec":
+                    grp = s.group_of[i]
+                    if grp.kind == "x":
+                        return _load(f"x_proj[t, b, {self.block(i)}]")
+                    if grp.level < seg:
+                        return _load(stored_value(i))
+                    return Expr.name(self.product_local(i))
+                if s.segment_of[i] < seg:
+                    return _load(stored_value(i))
+                if i in inlined:
+                    return compute(i)
+                return Expr.name(self.local(i))
+
+            def compute(i: int) -> Expr:
+                n = g.nodes[i]
+                return _device_helpers(FORWARD[n.op](*[expr_of(a) for a in n.args]))
+
+            w = _Writer()
+            name = f"forward_{mode}_seg{seg}_kernel"
+            self.kernel_head(w, name, args, [
+                f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)}",
+                "x_proj [T, B, Gx*H]; state_<s> " + ("[T + 1, B, H]" if training else "[2, B, H] (slot t & 1)"),
+                "weightT_<g> [in, k*H]; param_<p> [H]; y, saved_<v> [T, B, H]; value_<v> [B, H]"])
+            level_groups = [grp for grp in s.groups if grp.level == seg]
+            if level_groups:
+                self.shared_tile(w)
+            for grp in level_groups:
+                op = g.nodes[grp.operand]
+                if grp.kind == "state":
+                    row = f"state_{op.attr}[{prev_slot}, b, {{k}}]"
+                elif training:
+                    row = f"saved_{self.stem(grp.operand)}[t, b, {{k}}]"
+                else:
+                    row = f"value_{self.stem(grp.operand)}[b, {{k}}]"
+                self.row_products(w, [self.product_local(m) for m in grp.members], row, f"weightT_{grp.name}",
+                                  [self.block(m) for m in grp.members], f"weightT_{grp.name}.shape[0]",
+                                  f"{' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
+            w("if not active:")
+            with w.indent():
+                w("return")
+            self.forward_padding(w, seg, training, prev_slot, new_slot)
+            for i in nodes:
+                n = g.nodes[i]
+                targets = stores(i)
+                if n.op == "matvec":
+                    if targets:
+                        w(f"{self.local(i)} = {expr_of(i).source()}")
+                elif i not in inlined:
+                    w(f"{self.local(i)} = {compute(i).source()}")
+                for target in targets:
+                    w(f"{target} = {self.local(i)}")
+            sources.append("\n".join(w.lines))
+            names.append(name)
+        return sources, names, args
+
+    def forward_padding(self, w, seg: int, training: bool, prev_slot: str, new_slot: str):
+        """Steps past a sequence's length: as the CPU kernels (zero state rows and saved operands in
+        training, carried state in inference), written by the last segment."""
+        w("if t >= lengths[b]:   # past the end of this sequence")
+        with w.indent():
+            if seg == len(self.s.segments) - 1:
+                for st in self.s.states:
+                    if training:
+                        w(f"state_{st}[t + 1, b, j] = F(0.0)")
+                    else:
+                        w(f"state_{st}[{new_slot}, b, j] = state_{st}[{prev_slot}, b, j]")
+                if not (training and self.is_output_state()):
+                    w("y[t, b, j] = F(0.0)")
+                if training:
+                    for i in sorted(self.operands):
+                        w(f"saved_{self.stem(i)}[t, b, j] = F(0.0)")
+            w("return")
+
+    def inlinable(self, training: bool) -> set[int]:
+        """Anonymous single-use values folded into their consumer's expression."""
+        s, out = self.s, set()
+        for n in self.g.nodes:
+            i = n.id
+            if i not in s.live or n.is_leaf or n.op == "matvec" or i in self.named:
+                continue
+            users = self.consumers[i]
+            stored = ((training and i in self.saved) or i in self.state_of or i == self.g.output
+                      or i in s.cross_values or i in self.operands)
+            if (len(users) == 1 and s.segment_of[users[0]] == s.segment_of[i]
+                    and self.g.nodes[users[0]].args.count(i) == 1 and not stored):
+                out.add(i)
+        return out
+
+    # -- backward ----------------------------------------------------------------
+    def backward_args(self) -> list[str]:
+        s, g = self.s, self.g
+        args = ["t", "lengths", "d_y", "d_x_proj"]
+        args += [f"d_prod_{grp.name}" for grp in s.groups]
+        args += ["d_params"]
+        args += [f"state_{st}" for st in s.states]
+        args += [f"weight_{grp.name}" for grp in s.groups]
+        args += [f"param_{p}" for p in g.vectors]
+        args += [f"saved_{self.stem(i)}" for i in s.saved]
+        args += [f"d_state_{st}" for st in s.states]
+        args += [f"d_cross_{self.stem(i)}" for i in sorted(s.cross_adjoints)]
+        return args
+
+    def state_group(self, st: str):
+        return next((grp for grp in self.s.groups
+                     if grp.kind == "state" and self.g.nodes[grp.operand].attr == st), None)
+
+    def state_gemm(self, w, st: str):
+        """d_gemm_<s> = d_prod_g[t + 1, b] @ weight_g[:, j]: the part of the adjoint of state s at
+        t + 1 that flows back through its recurrent product at step t + 1 (zero at the last step)."""
+        grp = self.state_group(st)
+        self.row_products(w, [f"d_gemm_{st}"], f"d_prod_{grp.name}[t + 1, b, {{k}}]", f"weight_{grp.name}",
+                          ["j"], f"d_prod_{grp.name}.shape[2] if t + 1 < d_prod_{grp.name}.shape[0] else 0",
+                          f"d {st}_prev (at step t + 1) from {' ; '.join(grp.matrices)}")
+
+    def backward(self) -> tuple[list[str], list[str], list[str]]:
+        s, g = self.s, self.g
+        args = self.backward_args()
+        prev_users = self.prev_contrib_segments()
+        top = len(s.segments) - 1
+        sources, names = [], []
+        for seg in range(top, -1, -1):
+            w = _Writer()
+            name = f"backward_seg{seg}_kernel"
+            self.kernel_head(w, name, args, [
+                f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)} (run in reverse)",
+                "d_y [T, B, H]; d_x_proj [T, B, Gx*H], d_prod_<g> [T, B, k*H] product adjoints (for the",
+                "weight GEMMs); d_params [P, B, H] per-row vector gradients; d_state_<s> [2, B, H] adjoint",
+                "of the state at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_cross_<v> [B, H]"])
+            gemm_states = [st for st in s.states if self.state_group(st) is not None
+                           and s.segment_of.get(g.new_state[st]) == seg]
+            operand_groups = [grp for grp in s.operand_groups() if grp.level == seg + 1]
+            if gemm_states or operand_groups:
+                self.shared_tile(w)
+            for st in gemm_states:
+                self.state_gemm(w, st)
+            for grp in operand_groups:
+                self.row_products(w, [f"d_operand_{self.stem(grp.operand)}"], f"d_prod_{grp.name}[t, b, {{k}}]",
+                                  f"weight_{grp.name}", ["j"], f"d_prod_{grp.name}.shape[2]",
+                                  f"d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
+            w("if not active:")
+            with w.indent():
+                w("return")
+            if seg == top:   # the first launch of step t clears what the step accumulates into
+                for st in s.states:
+                    if len(prev_users[st]) != 1:
+                        w(f"d_state_{st}[t & 1, b, j] = F(0.0)")
+                for i in sorted(s.cross_adjoints):
+                    w(f"d_cross_{self.stem(i)}[b, j] = F(0.0)")
+            self.backward_padding(w, seg)
+            self.backward_segment(w, seg, prev_users, gemm_states)
+            sources.append("\n".join(w.lines))
+            names.append(name)
+        return sources, names, args
+
+    def initial_adjoint(self) -> tuple[str, list[str]]:
+        """d_init_<s> = d_state_<s>[0] + the GEMM part through step 0 (launched with t = -1)."""
+        s = self.s
+        args = ["t"] + [f"d_prod_{grp.name}" for grp in s.groups]
+        args += [f"state_{st}" for st in s.states] + [f"weight_{grp.name}" for grp in s.groups]
+        args += [f"d_state_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
+        w = _Writer()
+        self.kernel_head(w, "backward_initial_kernel", args, ["d_init_<s> [B, H]; launched with t = -1"])
+        gemm_states = [st for st in s.states if self.state_group(st) is not None]
+        if gemm_states:
+            self.shared_tile(w)
+        for st in gemm_states:
+            self.state_gemm(w, st)
+        w("if not active:")
+        with w.indent():
+            w("return")
+        for st in s.states:
+            gemm = f" + d_gemm_{st}" if st in gemm_states else ""
+            w(f"d_init_{st}[b, j] = d_state_{st}[0, b, j]{gemm}")
+        return "\n".join(w.lines), args
+
+    def backward_padding(self, w, seg: int):
+        s = self.s
+        w("if t >= lengths[b]:   # past the end: product adjoints zero, the final adjoint waits")
+        with w.indent():
+            for grp in s.groups:
+                if grp.level == seg:
+                    for m in grp.members:
+                        w(f"d_prod_{grp.name}[t, b, {self.block(m)}] = F(0.0)")
+            if seg == 0:
+                if s.x_group:
+                    for m in s.x_group.members:
+                        w(f"d_x_proj[t, b, {self.block(m)}] = F(0.0)")
+                for st in s.states:   # carries d_final (put in slot T & 1 by the runtime) back
+                    w(f"d_state_{st}[t & 1, b, j] = d_state_{st}[(t + 1) & 1, b, j]")
+            w("return")
+
+    def prev_contrib_segments(self) -> dict[str, set[int]]:
+        s, g = self.s, self.g
+        out: dict[str, set[int]] = {st: set() for st in s.states}
+        for n in g.nodes:
+            if n.id in s.live and not n.is_leaf and n.op != "matvec":
+                for a in n.args:
+                    if g.nodes[a].op == "prev":
+                        out[g.nodes[a].attr].add(s.segment_of[n.id])
+        return out
+
+    def backward_segment(self, w, seg: int, prev_users, gemm_states):
+        s, g = self.s, self.g
+        nodes = s.segments[seg]
+        terms: dict[int, list[Expr]] = {i: [] for i in nodes}
+        prev_terms: dict[str, list[Expr]] = {}
+        param_terms: dict[str, list[Expr]] = {}
+        cross_terms: dict[int, list[Expr]] = {}
+        body: list[str] = []
+        loads: dict[str, int] = {}
+
+        def value(i: int) -> Expr:
+            n = g.nodes[i]
+            if n.is_leaf:
+                return self.leaf(i, "t")
+            if i in self.state_of:
+                return _load(f"state_{self.state_of[i]}[t + 1, b, j]")
+            assert i in self.saved, f"backward needs value {g.label(i)} that was not saved"
+            return _load(f"saved_{self.stem(i)}[t, b, j]")
+
+        def value_name(i: int) -> Expr:
+            if g.nodes[i].op in ("const", "param"):
+                return value(i)
+            loads[self.local(i)] = i
+            return Expr.name(self.local(i))
+
+        for i in nodes:
+            if i in self.state_of:
+                st = self.state_of[i]
+                gemm = f" + d_gemm_{st}" if st in gemm_states else ""
+                terms[i].append(_load(f"d_state_{st}[(t + 1) & 1, b, j]{gemm}"))
+            if i == g.output:
+                terms[i].append(_load("d_y[t, b, j]"))
+            if i in s.cross_adjoints:
+                terms[i].append(_load(f"d_cross_{self.stem(i)}[b, j]"))
+            if i in self.operands:
+                terms[i].append(Expr.name(f"d_operand_{self.stem(i)}"))
+
+        for i in reversed(nodes):
+            n = g.nodes[i]
+            if not terms[i]:
+                continue
+            d = "d_" + self.local(i)
+            body.append(f"{d} = {_sum(terms[i]).source()}")
+            if n.op == "matvec":
+                grp = s.group_of[i]
+                target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
+                body.append(f"{target}[t, b, {self.block(i)}] = {d}")
+                continue
+            contribs = adjoint_contributions(n.op, Expr.name(d), [value_name(a) for a in n.args], value_name(i))
+            for a, contrib in zip(n.args, contribs):
+                an = g.nodes[a]
+                contrib = _device_helpers(contrib)
+                if an.op == "const":
+                    continue
+                if an.op == "prev":
+                    prev_terms.setdefault(an.attr, []).append(contrib)
+                elif an.op == "param":
+                    param_terms.setdefault(an.attr, []).append(contrib)
+                elif s.segment_of[a] < seg:
+                    cross_terms.setdefault(a, []).append(contrib)
+                else:
+                    terms[a].append(contrib)
+
+        for st, exprs in prev_terms.items():
+            op = "=" if len(prev_users[st]) == 1 else "+="
+            body.append(f"d_state_{st}[t & 1, b, j] {op} {_sum(exprs).source()}")
+        for p, exprs in param_terms.items():
+            body.append(f"d_params[{self.vec_index[p]}, b, j] += {_sum(exprs).source()}")
+        for a, exprs in cross_terms.items():
+            body.append(f"d_cross_{self.stem(a)}[b, j] += {_sum(exprs).source()}")
+
+        referenced = {n.id for line in body for n in ast.walk(ast.parse(line)) if isinstance(n, ast.Name)}
+        for name in sorted(loads, key=loads.get):
+            if name in referenced:
+                w(f"{name} = {value(loads[name]).source()}")
+        for line in body:
+            w(line)
+
+
+def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
+    """The source of the kernel module, and a description of its kernels for the runtime:
+    ``{"forward_train": (kernel names per segment, args), "forward_infer": ..., "backward": (names in
+    launch order, args), "initial": (name, args), "signatures": {kernel: ((kind, ndim), ...)}}``."""
+    em = CudaEmitter(sched, dtype)
+    g: Graph = sched.graph
+    train_src, train_names, train_args = em.forward(True)
+    infer_src, infer_names, infer_args = em.forward(False)
+    back_src, back_names, back_args = em.backward()
+    init_src, init_args = em.initial_adjoint()
+    used = {n.op for n in g.nodes if n.id in sched.live and n.op in HELPERS}
+    if "softplus" in used:
+        used.add("sigmoid")   # its derivative
+    signatures = {**SUPPORT_SIGNATURES, **em.signatures}
+    info = {
+        "forward_train": (tuple(train_names), tuple(train_args)),
+        "forward_infer": (tuple(infer_names), tuple(infer_args)),
+        "backward": (tuple(back_names), tuple(back_args)),
+        "initial": ("backward_initial_kernel", tuple(init_args)),
+        "signatures": signatures,
+    }
+    parts = [f'"""seqengine CUDA kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
+             "import math", "", "import numpy as np", "from numba import cuda", "",
+             f"F = np.{dtype}", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", ""]
+    for fn in sorted(used):
+        parts += ["", "@cuda.jit(device=True, inline=\"always\")", HELPERS[fn], ""]
+    parts.append(SUPPORT_KERNELS)
+    for src in train_src + infer_src + back_src + [init_src]:
+        parts += ["", src, ""]
+    return "\n".join(parts), info

@@ -1,0 +1,266 @@
+"""Drive one cell's generated CUDA kernels: same interface as `CpuKernels`.
+
+Arrays in: host NumPy arrays (copied to the device, results copied back) or
+device arrays exposing ``__cuda_array_interface__`` (Numba device arrays, CuPy,
+torch CUDA tensors), used without copies; then the results stay on the device
+as Numba device arrays (wrap them with ``torch.as_tensor(a, device="cuda")`` or
+``cupy.asarray(a)``). Whether results are host or device follows ``x`` in
+forward and the tape in backward.
+
+Forward (training), for G_x products with x and in-loop groups g:
+    x_proj = x @ [W_1; ...; W_Gx]^T                  # gemm_kernel, [T*B, D] @ [D, Gx*H]
+    for t: for each segment: forward_train_seg<L>_kernel (products of level L + pointwise)
+Backward:
+    for t reversed: for each segment reversed: backward_seg<L>_kernel
+    backward_initial_kernel                          # d_init = d_state[0] + d_prod[0] @ U
+    dW_x = d_x_proj^T @ x,  dx = d_x_proj @ W_x,  dU_g = d_prod_g^T @ operand_g   # gemm_kernel
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import cuda
+
+from ...compiler.schedule import Schedule
+from .config import DEFAULT_LAUNCH, LaunchConfig
+
+
+@dataclass
+class Tape:
+    """What backward needs from a training forward (device arrays by kernel name)."""
+    x: object                          # [T, B, D] device array (padding zeroed)
+    arrays: dict                       # x_proj, state_<s>, saved_<v>, param_<p>, lengths
+    on_device: bool                    # the caller passed device arrays: return device arrays
+    consumed: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def is_device_array(a) -> bool:
+    return cuda.devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__")
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return max(1, math.ceil(n / per_block))
+
+
+class CudaKernels:
+    def __init__(self, sched: Schedule, module, dtype: np.dtype, launch: LaunchConfig = DEFAULT_LAUNCH):
+        self.sched, self.module, self.dtype, self.launch = sched, module, np.dtype(dtype), launch
+        self.info = module.KERNELS
+
+    def with_launch(self, launch: LaunchConfig) -> "CudaKernels":
+        """The same compiled kernels, launched with other block shapes."""
+        return CudaKernels(self.sched, self.module, self.dtype, launch)
+
+    # -- arrays ------------------------------------------------------------------
+    def _device(self, a, name: str, stream):
+        """A device view of `a` (no copy if it is on the device already), checked."""
+        if is_device_array(a):
+            d = a if cuda.devicearray.is_cuda_ndarray(a) else cuda.as_cuda_array(a)
+            if np.dtype(d.dtype) != self.dtype:
+                raise TypeError(f"{name}: device array of dtype {d.dtype}, kernels compiled for {self.dtype}")
+            if not d.is_c_contiguous():
+                raise ValueError(f"{name}: device arrays must be C-contiguous")
+            return d
+        host = np.ascontiguousarray(a, dtype=self.dtype)
+        return cuda.to_device(host, stream=stream)
+
+    def _empty(self, shape, stream, dtype=None):
+        return cuda.device_array(shape, dtype=dtype or self.dtype, stream=stream)
+
+    def _zeros(self, shape, stream):
+        a = self._empty(shape, stream)
+        flat = a.reshape(-1)
+        if flat.shape[0]:
+            self.module.fill_kernel[_blocks(flat.shape[0], 256), 256, stream](flat, self.dtype.type(0))
+        return a
+
+    def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream):
+        """c (+)= op(a) @ op(b) with the tiled shared-memory kernel."""
+        ts = self.launch.gemm_tile
+        M, N = c.shape
+        grid = (_blocks(N, ts), _blocks(M, ts))
+        shmem = 2 * ts * ts * self.dtype.itemsize
+        self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, c, int(trans_a), int(trans_b),
+                                                               int(accumulate))
+
+    def _stack(self, params, names, transpose: bool, stream):
+        """[k*H, in] = [P_1; ...; P_k] (or its transpose [in, k*H]) on the device."""
+        mats = [self._device(params[m], m, stream) for m in names]
+        H, n_in = mats[0].shape
+        out = self._empty((n_in, len(mats) * H) if transpose else (len(mats) * H, n_in), stream)
+        grid = (_blocks(n_in, 16), _blocks(H, 16))
+        for k, m in enumerate(mats):
+            self.module.pack_kernel[grid, (16, 16), stream](m, out, k * H, int(transpose))
+        return out
+
+    def _step_launch(self, B: int, H: int):
+        u, r = self.launch.units, self.launch.rows
+        return (_blocks(H, u), _blocks(B, r)), (u, r), u * r * self.dtype.itemsize
+
+    # -- forward -----------------------------------------------------------------
+    def forward(self, params: dict, x, state0: dict, training: bool, lengths=None):
+        """x [T, B, D], state0 {s: [B, H]}, lengths [B] (1..T; None: all T)
+        -> y [T, B, H], final {s: [B, H]}, Tape or None."""
+        s, dt = self.sched, self.dtype
+        stream = 0
+        on_device = is_device_array(x)
+        device_x = self._device(x, "x", stream)
+        T, B, D = device_x.shape
+        H = next(iter(state0.values())).shape[1]
+        host_lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(
+            lengths.copy_to_host() if is_device_array(lengths) else lengths, dtype=np.int64)
+        device_lengths = cuda.to_device(host_lengths, stream=stream)
+        if host_lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
+            masked = self._empty((T, B, D), stream)
+            self.module.mask_padding_kernel[(_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream](
+                device_x, device_lengths, masked)
+            device_x = masked
+        arrays = {"lengths": device_lengths}
+
+        if s.x_group is None:
+            arrays["x_proj"] = self._empty((T, B, 1), stream)
+        else:
+            w_x = self._stack(params, s.x_group.matrices, False, stream)          # [Gx*H, D]
+            x_proj = self._empty((T * B, w_x.shape[0]), stream)
+            self._gemm(device_x.reshape(T * B, D), w_x, x_proj, False, True, False, stream)   # hoisted
+            arrays["x_proj"] = x_proj.reshape(T, B, w_x.shape[0])
+        slots = T + 1 if training else 2
+        for st in s.states:
+            a = self._empty((slots, B, H), stream)
+            a[0].copy_to_device(self._device(state0[st], f"state0[{st!r}]", stream), stream=stream)
+            arrays[f"state_{st}"] = a
+        for grp in s.groups:
+            arrays[f"weightT_{grp.name}"] = self._stack(params, grp.matrices, True, stream)   # [in, k*H]
+        for p in s.graph.vectors:
+            arrays[f"param_{p}"] = self._device(params[p], p, stream)
+        names, args = self.info["forward_train" if training else "forward_infer"]
+        for name in args:
+            if name == "y" or name.startswith("saved_"):
+                arrays[name] = self._empty((T, B, H), stream)
+            elif name.startswith("value_"):
+                arrays[name] = self._empty((B, H), stream)
+        kernels = [getattr(self.module, n) for n in names]
+        grid, block, shmem = self._step_launch(B, H)
+        for t in range(T):
+            arrays["t"] = t
+            call = [arrays[n] for n in args]
+            for kernel in kernels:   # one launch per segment: a later segment reads whole rows
+                kernel[grid, block, stream, shmem](*call)
+
+        out = s.graph.output
+        if training and out in s.graph.new_state.values():
+            st = next(k for k, v in s.graph.new_state.items() if v == out)
+            y = arrays[f"state_{st}"][1:]
+        else:
+            y = arrays["y"]
+        final = {}
+        for st in s.states:
+            f = self._empty((B, H), stream)
+            if training:
+                self.module.gather_final_kernel[(_blocks(H, 16), _blocks(B, 16)), (16, 16), stream](
+                    arrays[f"state_{st}"], device_lengths, f)
+            else:
+                f.copy_to_device(arrays[f"state_{st}"][T & 1], stream=stream)
+            final[st] = f
+        tape = Tape(device_x, arrays, on_device) if training else None
+        if not on_device:
+            y = y.copy_to_host(stream=stream)
+            final = {st: f.copy_to_host(stream=stream) for st, f in final.items()}
+        return y, final, tape
+
+    # -- backward ----------------------------------------------------------------
+    def backward(self, params: dict, tape: Tape, dy, dfinal: dict):
+        """dy [T, B, H], dfinal {s: [B, H]} -> dx [T, B, D], dstate0 {s: [B, H]}, grads {param: array}."""
+        s, a = self.sched, dict(tape.arrays)
+        stream = 0
+        x = tape.x
+        T, B, D = x.shape
+        H = a[f"state_{s.states[0]}"].shape[2]
+        a["d_y"] = self._device(dy, "dy", stream)
+        for st in s.states:
+            d_state = self._empty((2, B, H), stream)
+            d_state[T & 1].copy_to_device(self._device(dfinal[st], f"dfinal[{st!r}]", stream), stream=stream)
+            a[f"d_state_{st}"] = d_state
+            a[f"d_init_{st}"] = self._empty((B, H), stream)
+        a["d_x_proj"] = a["x_proj"]          # backward never reads the x products: reuse their memory
+        for grp in s.groups:
+            a[f"d_prod_{grp.name}"] = self._empty((T, B, len(grp.members) * H), stream)
+            a[f"weight_{grp.name}"] = self._stack(params, grp.matrices, False, stream)   # [k*H, in]
+        a["d_params"] = self._zeros((max(1, len(s.graph.vectors)), B, H), stream)
+        names, args = self.info["backward"]
+        for name in args:
+            if name.startswith("d_cross_"):
+                a[name] = self._empty((B, H), stream)
+        kernels = [getattr(self.module, n) for n in names]
+        grid, block, shmem = self._step_launch(B, H)
+        for t in range(T - 1, -1, -1):
+            a["t"] = t
+            call = [a[n] for n in args]
+            for kernel in kernels:
+                kernel[grid, block, stream, shmem](*call)
+        init_name, init_args = self.info["initial"]
+        a["t"] = -1
+        getattr(self.module, init_name)[grid, block, stream, shmem](*[a[n] for n in init_args])
+
+        # deferred weight gradients: GEMMs over all T*B rows at once
+        grads = {}
+        if s.graph.vectors:
+            d_vec = self._empty((len(s.graph.vectors), H), stream)
+            self.module.sum_rows_kernel[(_blocks(H, 16), _blocks(len(s.graph.vectors), 16)), (16, 16), stream](
+                a["d_params"], d_vec)
+            for k, p in enumerate(s.graph.vectors):
+                grads[p] = d_vec[k]
+        if s.x_group is not None:
+            kx = len(s.x_group.members) * H
+            d_x_proj = a["d_x_proj"].reshape(T * B, kx)                       # [T*B, Gx*H]
+            x2 = x.reshape(T * B, D)
+            d_wx = self._empty((kx, D), stream)
+            self._gemm(d_x_proj, x2, d_wx, True, False, False, stream)      # d_x_proj^T @ x
+            self._scatter(grads, s.x_group.matrices, d_wx, H, stream)
+            dx = self._empty((T * B, D), stream)
+            self._gemm(d_x_proj, self._stack(params, s.x_group.matrices, False, stream), dx,
+                       False, False, False, stream)
+            dx = dx.reshape(T, B, D)
+        else:
+            dx = self._zeros((T, B, D), stream)
+        for grp in s.groups:
+            if grp.kind == "state":
+                operand = a[f"state_{s.graph.nodes[grp.operand].attr}"]      # states 0..T-1 are rows :T*B
+            else:
+                operand = a[f"saved_{self._saved_name(grp.operand)}"]
+            n_in = operand.shape[2]
+            k_h = len(grp.members) * H
+            d_u = self._empty((k_h, n_in), stream)
+            self._gemm(a[f"d_prod_{grp.name}"].reshape(T * B, k_h),
+                       operand.reshape(operand.shape[0] * B, n_in)[:T * B], d_u, True, False, False, stream)
+            self._scatter(grads, grp.matrices, d_u, H, stream)
+        dstate0 = {st: a[f"d_init_{st}"] for st in s.states}
+        for name, p in params.items():   # parameters the equations do not reach (dead code)
+            if name not in grads:
+                grads[name] = self._zeros(tuple(p.shape), stream)
+        grads = {name: grads[name] for name in params}
+        if not tape.on_device:
+            dx = dx.copy_to_host(stream=stream)
+            dstate0 = {st: v.copy_to_host(stream=stream) for st, v in dstate0.items()}
+            grads = {name: g.copy_to_host(stream=stream) for name, g in grads.items()}
+        return dx, dstate0, grads
+
+    def _saved_name(self, i: int) -> str:
+        g = self.sched.graph
+        named = {v: k for k, v in g.names.items()}
+        return named[i] if i in named else f"v{i}"
+
+    def _scatter(self, grads, matrices, stacked, H, stream):
+        """Each matrix's gradient is its block of rows of the stacked one (a contiguous view);
+        a matrix that multiplies several operands adds up its blocks."""
+        for k, m in enumerate(matrices):
+            block = stacked[k * H:(k + 1) * H]
+            if m in grads:
+                n = block.size
+                self.module.add_kernel[_blocks(n, 256), 256, stream](grads[m].reshape(-1), block.reshape(-1))
+            else:
+                grads[m] = block
