@@ -48,6 +48,7 @@ class Schedule:
     cross_values: set[int] = field(default_factory=set)    # pointwise values read by later segments
     cross_adjoints: set[int] = field(default_factory=set)  # nodes with consumers in later segments
     group_of: dict[int, MatvecGroup] = field(default_factory=dict)   # matvec node -> its group
+    x_shares_adjoint_with: MatvecGroup | None = None   # group whose d_prod equals d_x_proj block by block
 
     @property
     def states(self):
@@ -111,6 +112,7 @@ def schedule(graph: Graph) -> Schedule:
     for g in groups + ([x_group] if x_group else []):
         for m in g.members:
             sched.group_of[m] = g
+    sched.x_shares_adjoint_with = _group_with_same_adjoint(graph, live, x_group, groups)
     for n in nodes:
         if n.id not in live or n.is_leaf or n.op == "matvec":   # operands flow through GEMMs
             continue
@@ -120,3 +122,32 @@ def schedule(graph: Graph) -> Schedule:
                 if nodes[a].op != "matvec":
                     sched.cross_values.add(a)
     return sched
+
+
+def _adjoint_source(graph: Graph, live: set[int], i: int) -> int:
+    """The node whose adjoint equals node i's: follow single uses through `+` (and the left of `-`).
+
+    In ``W_i @ x + b + U_i @ h_prev`` both products have the adjoint of the sum, so backward can
+    store it once and use it for dW_i, dx and dU_i alike.
+    """
+    outputs = set(graph.new_state.values()) | {graph.output}
+    while i not in outputs:
+        users = [n for n in graph.nodes if n.id in live and i in n.args]
+        if len(users) != 1 or users[0].args.count(i) != 1:
+            break
+        user = users[0]
+        if not (user.op == "add" or (user.op == "sub" and user.args[0] == i)):
+            break
+        i = user.id
+    return i
+
+
+def _group_with_same_adjoint(graph, live, x_group, groups) -> MatvecGroup | None:
+    """An in-loop group whose products have, block by block, the adjoints of the x products."""
+    if x_group is None:
+        return None
+    x_sources = [_adjoint_source(graph, live, m) for m in x_group.members]
+    for g in groups:
+        if [_adjoint_source(graph, live, m) for m in g.members] == x_sources:
+            return g
+    return None

@@ -270,7 +270,7 @@ class CpuEmitter:
                         for k in range(len(grp.members)):
                             w(f"d_prod_{grp.name}[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
                 if seg == 0:
-                    if s.x_group:
+                    if s.x_group and not s.x_shares_adjoint_with:
                         for k in range(len(s.x_group.members)):
                             w(f"d_x_proj[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
                     for st in s.states:
@@ -480,8 +480,9 @@ class CpuEmitter:
             body.append(f"{d} = {total.source()}")
             if n.op == "matvec":
                 grp = s.group_of[i]
-                target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
-                body.append(f"{target}[t, b, {self.block(i)}] = {d}")
+                if grp.kind != "x" or not s.x_shares_adjoint_with:   # else d_prod of that group holds it
+                    target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
+                    body.append(f"{target}[t, b, {self.block(i)}] = {d}")
                 continue
             contribs = adjoint_contributions(n.op, Expr.name(d), [value_name(a) for a in n.args], value_name(i))
             for a, contrib in zip(n.args, contribs):

@@ -1,6 +1,7 @@
 """Drive one cell's generated CPU kernels: pack weights, run the hoisted and
-deferred GEMMs (multithreaded BLAS, Numba idle) and the time-loop kernels
-(Numba threads, BLAS held to one thread), never both pools at once.
+deferred GEMMs and the time-loop kernels. One thread pool only: Numba's. BLAS
+is held to one thread for the whole call and the big GEMMs split their rows
+over Numba threads (`gemm.py`).
 
 Forward (training), for G_x products with x and in-loop groups g:
     x_proj = x @ [W_1; ...; W_Gx]^T                      # [T*B, D] @ [D, Gx*H]
@@ -19,6 +20,7 @@ import numba
 import numpy as np
 
 from ...compiler.schedule import Schedule
+from . import gemm
 from .threads import single_threaded_blas
 
 
@@ -72,8 +74,8 @@ class CpuKernels:
         if w_x is None:
             arrays["x_proj"] = np.empty((T, B, 0), dt)
         else:
-            x_proj = np.empty((T * B, w_x.shape[0]), dt)
-            np.matmul(x.reshape(T * B, D), w_x.T, out=x_proj)           # hoisted: all steps at once
+            with single_threaded_blas():                                 # hoisted: all steps at once
+                x_proj = gemm.rows(x.reshape(T * B, D), np.ascontiguousarray(w_x.T))
             arrays["x_proj"] = x_proj.reshape(T, B, -1)
         slots = T + 1 if training else 2
         for st in s.states:
@@ -104,6 +106,8 @@ class CpuKernels:
             final = {st: arrays[f"state_{st}"][lengths, np.arange(B)] for st in s.states}
         else:          # the kernel carried finished sequences' states to slot T & 1
             final = {st: arrays[f"state_{st}"][T & 1].copy() for st in s.states}
+        if s.x_shares_adjoint_with is not None:
+            del arrays["x_proj"]   # not needed by backward, and not even as a buffer: free it now
         tape = Tape(x, arrays, chunks) if training else None
         return y, final, tape
 
@@ -121,35 +125,37 @@ class CpuKernels:
             a[f"d_final_{st}"] = dfinal[st]
             a[f"d_init_{st}"] = np.empty((B, H), dt)
             a[f"d_state_{st}"] = np.empty((2, nc, bc, H), dt)
-        a["d_x_proj"] = a["x_proj"]          # backward never reads the x products: reuse their memory
         for grp in s.groups:
             a[f"d_prod_{grp.name}"] = np.empty((T, B, len(grp.members) * H), dt)
             a[f"weight_{grp.name}"] = self._stack(params, grp.matrices)
+        if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
+            a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
+        else:                                     # backward never reads the x products: reuse their memory
+            a["d_x_proj"] = a["x_proj"]
         a["d_params"] = np.zeros((nc, len(s.graph.vectors), H), dt)
         for name in self.arg_names["backward"]:
             if name.startswith(("d_gemm_", "d_cross_", "d_operand_")):
                 a[name] = np.empty((nc, bc, H), dt)
+        grads = {name: np.zeros_like(p) for name, p in params.items()}
         with single_threaded_blas():
             self.module.backward(*[a[n] for n in self.arg_names["backward"]])
-
-        grads = {name: np.zeros_like(p) for name, p in params.items()}
+            d_x_proj = a["d_x_proj"].reshape(T * B, -1)                  # [T*B, Gx*H]
+            if s.x_group is not None:                                    # deferred: all steps at once
+                x2 = x.reshape(T * B, D)
+                self._scatter(grads, s.x_group.matrices, gemm.tn(d_x_proj, x2), H)
+                dx = gemm.rows(d_x_proj, self._x_weights(params)).reshape(T, B, D)
+            else:
+                dx = np.zeros_like(x)
+            for grp in s.groups:
+                if grp.kind == "state":
+                    operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
+                else:
+                    operand = a[f"saved_{self._saved_name(grp.operand)}"]
+                d_prod = a[f"d_prod_{grp.name}"].reshape(T * B, -1)        # [T*B, k*H]
+                self._scatter(grads, grp.matrices, gemm.tn(d_prod, operand.reshape(T * B, -1)), H)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]
-        d_x_proj = a["d_x_proj"].reshape(T * B, -1)                      # [T*B, Gx*H]
-        if s.x_group is not None:
-            w_x = self._x_weights(params)
-            self._scatter(grads, s.x_group.matrices, d_x_proj.T @ x.reshape(T * B, D), H)
-            dx = (d_x_proj @ w_x).reshape(T, B, D)
-        else:
-            dx = np.zeros_like(x)
-        for grp in s.groups:
-            if grp.kind == "state":
-                operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
-            else:
-                operand = a[f"saved_{self._saved_name(grp.operand)}"]
-            d_prod = a[f"d_prod_{grp.name}"].reshape(T * B, -1)            # [T*B, k*H]
-            self._scatter(grads, grp.matrices, d_prod.T @ operand.reshape(T * B, -1), H)
         dstate0 = {st: a[f"d_init_{st}"] for st in s.states}
         return dx, dstate0, grads
 
