@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from . import functional, layers
+from . import finite, functional, layers
 from .cell import Cell
 from .compiler.parse import parse_cell
 from .plugins import get_cell
@@ -45,7 +45,9 @@ class RNN:
     num_layers (layer k > 0 reads layer k-1's output, directions concatenated), bidirectional,
     batch_first (x, y, dx, dy are [B, T, ...]; states stay [layers*directions, B, H]), dropout (on the
     input of every layer k > 0, training mode only, drawn from a generator seeded by `seed`; backward
-    reuses the forward's masks), dtype (float32 or float64), backend, seed (parameters and dropout).
+    reuses the forward's masks), dtype (float32 or float64), backend, seed (parameters and dropout),
+    check_finite (after each forward and backward, raise `seqengine.finite.NonFiniteError` naming the step
+    and the value of the first NaN/Inf; costs one `np.isfinite` scan of the outputs and the tape).
 
     Parameter names: a single unidirectional layer keeps the cell's plain names (``W_i``, ``b_ii`` ...);
     otherwise every name carries its layer and direction, ``l0.W_i``, ``l0_reverse.W_i``, ``l1.W_i`` ...
@@ -58,7 +60,7 @@ class RNN:
 
     def __init__(self, cell: str | Cell, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  bidirectional: bool = False, batch_first: bool = False, dropout: float = 0.0,
-                 dtype=np.float32, backend: str = "cpu", seed: int | None = None):
+                 dtype=np.float32, backend: str = "cpu", seed: int | None = None, check_finite: bool = False):
         self.cell = get_cell(cell)
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
@@ -91,6 +93,8 @@ class RNN:
         self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.grads: dict[str, np.ndarray] = {}
         self._tape = None
+        # check_finite (seqengine.finite): stop at the first NaN/Inf, naming its step and value
+        self.check_finite = _flag("check_finite", check_finite)
 
     def __repr__(self):
         extra = "".join(f", {k}={v!r}" for k, v, default in (
@@ -232,10 +236,13 @@ class RNN:
         T, B, _ = x.shape
         lengths = self._check_lengths(lengths, T, B)
         state0 = self.zero_state(B) if state is None else self._check_state("state", state, B)
-        y, final, tape = layers.forward(self.cell, self._layer_params(), x, state0, self.training,
+        params = self._layer_params()
+        y, final, tape = layers.forward(self.cell, params, x, state0, self.training,
                                         lengths=lengths, dropout=self.dropout, rng=self._dropout_rng,
                                         backend=self.backend)
         self._tape = tape
+        if self.check_finite:   # check_finite: raises seqengine.finite.NonFiniteError
+            finite.check_forward(self.cell, params, x, state0, y, final, tape, lengths=lengths, backend=self.backend)
         self._shape = (T, B)
         return (y.transpose(1, 0, 2) if self.batch_first else y), final
 
@@ -263,10 +270,13 @@ class RNN:
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         dfinal = self.zero_state(B) if dstate is None else self._check_state("dstate", dstate, B)
-        dx, dstate0, grads = layers.backward(self.cell, self._layer_params(), self._tape, dy, dfinal, self.backend)
+        params = self._layer_params()
+        dx, dstate0, grads = layers.backward(self.cell, params, self._tape, dy, dfinal, self.backend)
         self.grads = {self.param_name(p, k, bool(d)): grads[k][d][p]
                       for k in range(self.num_layers) for d in range(self.num_directions)
                       for p in self._cell_params}
+        if self.check_finite:   # check_finite: raises seqengine.finite.NonFiniteError
+            finite.check_backward(self.cell, params, self._tape, dy, dfinal, dx, dstate0, grads, backend=self.backend)
         return (dx.transpose(1, 0, 2) if self.batch_first else dx), dstate0
 
     # -- streaming -----------------------------------------------------------------

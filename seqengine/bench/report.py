@@ -16,6 +16,10 @@ def _ms(s):
     return f"{1e3 * s:.2f}" if s is not None else "-"
 
 
+def _pct(frac):
+    return "-" if frac is None else (f"{100 * frac:.0f}" if frac >= 0.1 else f"{100 * frac:.2g}")
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     peak = result["gemm_peak"]
@@ -60,7 +64,7 @@ def markdown(result: dict) -> str:
         row = [c["cell"], f"{sh['T']}x{sh['B']}x{sh['H']}" + (f" (D={sh['D']})" if sh["D"] != sh["H"] else "")
                + (f" {sh['label']}" if sh.get("label") else ""), c["mode"],
                _ms(se.get("median_s")), f"{se['gflops']:.3g}" if "gflops" in se else "-",
-               f"{100 * se['peak_fraction']:.2g}" if "peak_fraction" in se else "-"]
+               _pct(se.get("peak_fraction"))]
         for p in peers:
             e = c["impls"].get(p, {})
             if e.get("median_s") is not None:

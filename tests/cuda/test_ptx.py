@@ -1,0 +1,43 @@
+"""Every generated kernel compiles to PTX for compute capability 9.0 (no GPU needed).
+
+The simulator runs kernels as Python and checks no types; this is the check that a typing
+error (a float64 constant in a float32 kernel, an unsupported call) fails CI.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import seqengine as se
+
+CC = (9, 0)
+F64_ARITHMETIC = re.compile(r"\b(add|sub|mul|div|fma)(\.rn)?\.f64\b")
+
+
+def _types(signature, dtype):
+    from numba import types
+    f = {"float32": types.float32, "float64": types.float64}[dtype]
+    out = []
+    for kind, ndim in signature:
+        scalar = f if kind == "f" else types.int64
+        out.append(scalar if ndim == 0 else types.Array(scalar, ndim, "C"))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(se.cells()))
+def test_every_kernel_compiles_to_ptx(name, dtype):
+    from numba import cuda
+
+    from seqengine.backends.cuda import generated_module
+    _, module = generated_module(se.get_cell(name), dtype)
+    signatures = module.KERNELS["signatures"]
+    assert signatures
+    for kernel, signature in signatures.items():
+        py_func = getattr(module, kernel).py_func
+        ptx, _ = cuda.compile_ptx(py_func, _types(signature, dtype), cc=CC)
+        assert ".target sm_90" in ptx, kernel
+        if dtype == "float32":   # no float64 constant promoted a float32 kernel's arithmetic
+            assert not F64_ARITHMETIC.search(ptx), f"{kernel}: float64 arithmetic in a float32 kernel"
