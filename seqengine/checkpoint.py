@@ -125,5 +125,5 @@ def load(path, cell: Cell | None = None):
         if a.shape != rnn.params[name].shape:
             raise CheckpointError(f"{path}: parameter {name!r} has shape {list(a.shape)}, expected "
                                   f"{list(rnn.params[name].shape)}")
-        rnn.params[name] = np.ascontiguousarray(a, dtype=rnn.dtype)
+        rnn.params[name][...] = a   # in place: keeps the stacked storage the kernels use without copies
     return rnn

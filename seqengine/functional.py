@@ -30,7 +30,9 @@ def init_params(cell: Cell, input_size: int, hidden_size: int, dtype=np.float32,
     rng = rng if rng is not None else np.random.default_rng()
     bound = 1.0 / np.sqrt(hidden_size)
     params = {}
-    for name, shape in param_shapes(cell, input_size, hidden_size).items():
+    shapes = param_shapes(cell, input_size, hidden_size)
+    stacked = _stacked_storage(cell, shapes, dtype)
+    for name, shape in shapes.items():
         init = cell.init.get(name)
         if init is None:
             value = rng.uniform(-bound, bound, size=shape)
@@ -40,8 +42,29 @@ def init_params(cell: Cell, input_size: int, hidden_size: int, dtype=np.float32,
                 raise ValueError(f"cell {cell.name!r}: init[{name!r}] returned shape {value.shape}, expected {shape}")
         else:
             value = np.full(shape, float(init))
-        params[name] = np.ascontiguousarray(value, dtype=dtype)
+        if name in stacked:
+            stacked[name][...] = value
+            params[name] = stacked[name]
+        else:
+            params[name] = np.ascontiguousarray(value, dtype=dtype)
     return params
+
+
+def _stacked_storage(cell: Cell, shapes: dict, dtype) -> dict[str, np.ndarray]:
+    """Matrices multiplied with the same operand live as row blocks (views) of one [k*H, in] array, the
+    layout the kernels multiply by, so no call has to copy them together. Assigning a new array to a
+    parameter is fine too: the kernels then stack a copy."""
+    from .compiler.schedule import schedule
+    sched = schedule(parse_cell(cell))
+    views: dict[str, np.ndarray] = {}
+    for grp in ([sched.x_group] if sched.x_group else []) + sched.groups:
+        if len(set(grp.matrices)) != len(grp.matrices) or any(m in views for m in grp.matrices):
+            continue
+        H, n_in = shapes[grp.matrices[0]]
+        base = np.empty((len(grp.matrices) * H, n_in), dtype)
+        for k, m in enumerate(grp.matrices):
+            views[m] = base[k * H:(k + 1) * H]
+    return views
 
 
 BACKENDS = ("cpu", "cuda")

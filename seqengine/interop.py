@@ -150,4 +150,4 @@ def load_torch_state_dict(rnn, state_dict) -> None:
         for j, n in enumerate(names):
             new[n] = np.ascontiguousarray(a[j * H:(j + 1) * H], dtype=rnn.dtype)
     for n in rnn.params:                              # keep the order of `params`
-        rnn.params[n] = new[n]
+        rnn.params[n][...] = new[n]   # in place: keeps the stacked storage the kernels use without copies

@@ -17,7 +17,7 @@ Generated kernels (one module per cell and dtype):
 Array names in the kernels (all C-contiguous; shapes in the header comments):
 ``x_proj`` [T, B, Gx*H] products with x; ``state_<s>`` [T+1, B, H] (train) or
 [2, B, H] (infer); ``param_<p>`` [H]; ``saved_<v>`` [T, B, H];
-``weightT_<g>`` [in, k*H] and ``weight_<g>`` [k*H, in] concatenated matrices;
+``weight_<g>`` [k*H, in] stacked matrices (forward multiplies by its transpose, a BLAS flag);
 ``prod_<g>`` [NC, BC, k*H] per-thread products; ``value_<v>`` [NC, BC, H]
 per-thread values crossing segments.
 """
@@ -166,7 +166,7 @@ class CpuEmitter:
 
         args = ["chunks", "lengths", "x_proj"]
         args += [f"state_{st}" for st in s.states]
-        args += [f"weightT_{grp.name}" for grp in s.groups]
+        args += [f"weight_{grp.name}" for grp in s.groups]
         args += [f"param_{p}" for p in g.vectors]
         out_y = not (training and self.is_output_state())
         if out_y:
@@ -213,7 +213,7 @@ class CpuEmitter:
                         if grp.level != seg:
                             continue
                         op = self.operand_rows(grp, training, slot)
-                        w(f"np.dot({op}, weightT_{grp.name}, prod_{grp.name}[c, :b1 - b0])"
+                        w(f"np.dot({op}, weight_{grp.name}.T, prod_{grp.name}[c, :b1 - b0])"
                           f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
                     w("for b in range(b0, b1):")
                     with w.indent():
@@ -317,9 +317,9 @@ class CpuEmitter:
         for a in args:
             if a.startswith("state_"):
                 shapes[a] = "[T + 1, B, H]" if training else "[2, B, H] (slot t & 1 holds step t)"
-            elif a.startswith("weightT_"):
+            elif a.startswith("weight_"):
                 grp = next(g for g in s.groups if a.endswith(g.name))
-                shapes[a] = f"[in, {len(grp.members)}*H] = [{'; '.join(grp.matrices)}]^T"
+                shapes[a] = f"[{len(grp.members)}*H, in] = [{'; '.join(grp.matrices)}]"
             elif a.startswith("param_"):
                 shapes[a] = "[H]"
             elif a.startswith("saved_"):

@@ -46,13 +46,15 @@ def _blocks(rows: int) -> int:
 
 
 def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A [M, K] @ B [K, N] -> out [M, N] (all C-contiguous)."""
+    """A [M, K] @ B [K, N] -> out [M, N] (A and out C-contiguous; B C- or F-contiguous)."""
     if out is None:
         out = np.empty((A.shape[0], B.shape[1]), A.dtype)
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
-        _rows(A, np.ascontiguousarray(B), out, _blocks(A.shape[0]))
+        if not (B.flags.c_contiguous or B.flags.f_contiguous):
+            B = np.ascontiguousarray(B)
+        _rows(A, B, out, _blocks(A.shape[0]))   # B may be a transposed view: BLAS takes it as is
     return out
 
 

@@ -5,7 +5,7 @@ over Numba threads (`gemm.py`).
 
 Forward (training), for G_x products with x and in-loop groups g:
     x_proj = x @ [W_1; ...; W_Gx]^T                      # [T*B, D] @ [D, Gx*H]
-    kernel: per step, prod_g = operand_g @ weightT_g and the fused pointwise loops
+    kernel: per step, prod_g = operand_g @ weight_g^T and the fused pointwise loops
 Backward:
     kernel: reverse loop writing d_x_proj [T, B, Gx*H] and d_prod_g [T, B, k*H]
     dW_x = d_x_proj^T @ x,  dx = d_x_proj @ W_x,  dU_g = d_prod_g^T @ operand_g
@@ -14,6 +14,7 @@ Backward:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numba
@@ -34,9 +35,14 @@ class Tape:
     extra: dict = field(default_factory=dict)
 
 
-def _chunks(batch: int) -> np.ndarray:
+# Below this many multiply-adds per call, one thread runs all rows: a parallel region costs more
+# than it saves (and a thread woken on a busy machine can make it cost milliseconds).
+SERIAL_WORK = 2_000_000
+
+
+def _chunks(batch: int, work: float) -> np.ndarray:
     """Row bounds giving each Numba thread one contiguous slice of the batch."""
-    n = max(1, min(numba.get_num_threads(), batch))
+    n = 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), batch))
     return (np.arange(n + 1, dtype=np.int64) * batch) // n
 
 
@@ -45,14 +51,62 @@ class CpuKernels:
         self.sched, self.module, self.dtype = sched, module, np.dtype(dtype)
         self.arg_names = {k: getattr(module, k.upper() + "_ARGS") for k in ("forward_train", "forward_infer",
                                                                           "backward")}
+        self._scratch = threading.local()   # inference buffers reused across calls (streaming steps)
 
     # -- weight packing ----------------------------------------------------------
-    def _stack(self, params, names) -> np.ndarray:
-        return np.concatenate([params[m] for m in names], axis=0)    # [k*H, in]
+    @staticmethod
+    def _stack(params, names) -> np.ndarray:
+        """[k*H, in]: the matrices of a group stacked. `functional.init_params` stores them as views
+        of one such array, which is then used as it is (no copy per call); otherwise they are copied."""
+        first = params[names[0]]
+        base = first.base
+        if (base is not None and isinstance(base, np.ndarray) and base.ndim == 2 and base.flags.c_contiguous
+                and base.dtype == first.dtype and base.shape == (len(names) * first.shape[0], first.shape[1])):
+            start, step = base.ctypes.data, first.nbytes
+            if all(params[m].base is base and params[m].ctypes.data == start + k * step
+                   and params[m].flags.c_contiguous for k, m in enumerate(names)):
+                return base
+        return np.concatenate([params[m] for m in names], axis=0)
 
     def _x_weights(self, params) -> np.ndarray | None:
         g = self.sched.x_group
         return None if g is None else self._stack(params, g.matrices)
+
+    def _launch(self, kernel: str, arrays: dict, chunks: np.ndarray):
+        args = [arrays[n] for n in self.arg_names[kernel]]
+        with single_threaded_blas():
+            if len(chunks) == 2:   # one chunk: no parallel region at all
+                getattr(self.module, kernel + "_rows")(0, chunks[0], chunks[1], *args[1:])
+            else:
+                getattr(self.module, kernel)(*args)
+
+    def _work(self, T: int, B: int, D: int, H: int) -> float:
+        """Multiply-adds of the GEMMs of one forward (decides serial vs parallel)."""
+        s = self.sched
+        cols = (len(s.x_group.members) * D if s.x_group else 0) + sum(len(g.members) * H for g in s.groups)
+        return float(T) * B * H * cols
+
+    def _buffers(self, training: bool, T: int, B: int, D: int, H: int, nc: int, bc: int) -> dict:
+        """Scratch of one forward: fresh in training (the tape keeps it), reused in inference."""
+        key = (T, B, D, H, nc)
+        cache = getattr(self._scratch, "buffers", None)
+        if not training and cache is not None and cache[0] == key:
+            return cache[1]
+        s, dt = self.sched, self.dtype
+        gx = len(s.x_group.members) if s.x_group else 0
+        arrays = {"x_proj": np.empty((T, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
+        for st in s.states:
+            arrays[f"state_{st}"] = np.empty((T + 1 if training else 2, B, H), dt)
+        for grp in s.groups:
+            arrays[f"prod_{grp.name}"] = np.empty((nc, bc, len(grp.members) * H), dt)
+        for name in self.arg_names["forward_train" if training else "forward_infer"]:
+            if name.startswith("saved_"):
+                arrays[name] = np.empty((T, B, H), dt)
+            elif name.startswith("value_"):
+                arrays[name] = np.empty((nc, bc, H), dt)
+        if not training:
+            self._scratch.buffers = (key, arrays)
+        return arrays
 
     # -- forward -----------------------------------------------------------------
     def forward(self, params: dict, x: np.ndarray, state0: dict, training: bool, lengths: np.ndarray | None = None):
@@ -62,39 +116,30 @@ class CpuKernels:
         s, dt = self.sched, self.dtype
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
-        chunks = _chunks(B)
+        chunks = _chunks(B, self._work(T, B, D, H))
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
+        arrays = dict(self._buffers(training, T, B, D, H, nc, bc))
+        arrays["chunks"] = chunks
         if lengths is None:
-            lengths = np.full(B, T, np.int64)
+            lengths = arrays["full_lengths"]
         elif lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
             x = np.where(np.arange(T)[:, None, None] < lengths[None, :, None], x, 0).astype(dt)
-        arrays: dict[str, np.ndarray] = {"chunks": chunks, "lengths": lengths}
+        arrays["lengths"] = lengths
 
         w_x = self._x_weights(params)                                    # [Gx*H, D]
-        if w_x is None:
-            arrays["x_proj"] = np.empty((T, B, 0), dt)
-        else:
+        if w_x is not None:
             with single_threaded_blas():                                 # hoisted: all steps at once
-                x_proj = gemm.rows(x.reshape(T * B, D), np.ascontiguousarray(w_x.T))
-            arrays["x_proj"] = x_proj.reshape(T, B, -1)
-        slots = T + 1 if training else 2
+                gemm.rows(x.reshape(T * B, D), w_x.T, out=arrays["x_proj"].reshape(T * B, -1))
         for st in s.states:
-            a = np.empty((slots, B, H), dt)
-            a[0] = state0[st]
-            arrays[f"state_{st}"] = a
+            arrays[f"state_{st}"][0] = state0[st]
         for grp in s.groups:
-            arrays[f"weightT_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)
-            arrays[f"prod_{grp.name}"] = np.empty((nc, bc, len(grp.members) * H), dt)
+            arrays[f"weight_{grp.name}"] = self._stack(params, grp.matrices)
         for p in s.graph.vectors:
             arrays[f"param_{p}"] = params[p]
         kernel = "forward_train" if training else "forward_infer"
-        for name in self.arg_names[kernel]:
-            if name == "y" or name.startswith("saved_"):
-                arrays[name] = np.empty((T, B, H), dt)
-            elif name.startswith("value_"):
-                arrays[name] = np.empty((nc, bc, H), dt)
-        with single_threaded_blas():
-            getattr(self.module, kernel)(*[arrays[n] for n in self.arg_names[kernel]])
+        if "y" in self.arg_names[kernel]:
+            arrays["y"] = np.empty((T, B, H), dt)                       # an output: always fresh
+        self._launch(kernel, arrays, chunks)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
@@ -137,8 +182,8 @@ class CpuKernels:
             if name.startswith(("d_gemm_", "d_cross_", "d_operand_")):
                 a[name] = np.empty((nc, bc, H), dt)
         grads = {name: np.zeros_like(p) for name, p in params.items()}
+        self._launch("backward", a, chunks)
         with single_threaded_blas():
-            self.module.backward(*[a[n] for n in self.arg_names["backward"]])
             d_x_proj = a["d_x_proj"].reshape(T * B, -1)                  # [T*B, Gx*H]
             if s.x_group is not None:                                    # deferred: all steps at once
                 x2 = x.reshape(T * B, D)
