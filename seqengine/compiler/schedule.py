@@ -49,6 +49,7 @@ class Schedule:
     cross_adjoints: set[int] = field(default_factory=set)  # nodes with consumers in later segments
     group_of: dict[int, MatvecGroup] = field(default_factory=dict)   # matvec node -> its group
     x_shares_adjoint_with: MatvecGroup | None = None   # group whose d_prod equals d_x_proj block by block
+    recomputed: set[int] = field(default_factory=set)  # needed values recomputed in backward, not saved
 
     @property
     def states(self):
@@ -58,7 +59,9 @@ class Schedule:
         return [g for g in self.groups if g.kind == "value"]
 
 
-def schedule(graph: Graph) -> Schedule:
+def schedule(graph: Graph, recompute: bool = False) -> Schedule:
+    """Schedule `graph`. recompute: needed values that are one op on states, parameters or constants
+    are recomputed in backward instead of saved (LSTM: tanh(c), one [T, B, H] array less)."""
     nodes, live = graph.nodes, graph.live()
     groups_by_operand: dict[int, MatvecGroup] = {}
     x_group = None
@@ -105,10 +108,22 @@ def schedule(graph: Graph) -> Schedule:
     needed = values_needed(graph, live)
     operands = {g.operand for g in groups if g.kind == "value"}
     stored_elsewhere = set(graph.new_state.values())
+    recomputed: set[int] = set()
+    if recompute:   # in id (topological) order, so an argument's own fate is already decided
+        available = stored_elsewhere | {n.id for n in nodes if n.op in ("prev", "param", "const")}
+        for i in sorted(needed | operands):
+            n = nodes[i]
+            if n.is_leaf or i in available:
+                continue
+            if (n.op != "matvec" and i not in operands and i in live
+                    and all(a in available and a not in recomputed for a in n.args)):
+                recomputed.add(i)   # one op on values backward has anyway: no chains of recomputation
+            available.add(i)
     saved = sorted(i for i in (needed | operands)
-                   if i in live and not nodes[i].is_leaf and i not in stored_elsewhere)
+                   if i in live and not nodes[i].is_leaf and i not in stored_elsewhere and i not in recomputed)
 
     sched = Schedule(graph, live, x_group, groups, segments, segment_of, needed, saved)
+    sched.recomputed = recomputed
     for g in groups + ([x_group] if x_group else []):
         for m in g.members:
             sched.group_of[m] = g

@@ -17,7 +17,7 @@ raise_vectorizer_limits()
 
 def kernel_source(cell: Cell, dtype="float32") -> str:
     """The generated Numba source of `cell`'s kernels (what ``seqengine kernel`` prints)."""
-    sched = schedule(parse_cell(cell))
+    sched = schedule(parse_cell(cell), recompute=True)
     return emit_module(sched, np.dtype(dtype).name, doc=_doc(cell))[0]
 
 
@@ -35,7 +35,7 @@ def compile_cell(cell: Cell, dtype="float32") -> CpuKernels:
     dtype = np.dtype(dtype).name
     key = (cell.name, cell.equations_hash(), dtype)
     if key not in _compiled:
-        sched = schedule(parse_cell(cell))
+        sched = schedule(parse_cell(cell), recompute=True)
         source, _ = emit_module(sched, dtype, doc=_doc(cell))
         module = load_generated_module(f"{cell.name}_{dtype}_cpu", source)
         _compiled[key] = CpuKernels(sched, module, np.dtype(dtype))

@@ -364,6 +364,8 @@ class CpuEmitter:
                 return self.leaf(i, slot)
             if i in self.state_of:
                 return Expr(ast.parse(f"state_{self.state_of[i]}[t + 1, b, j]", mode="eval").body)
+            if i in s.recomputed:   # one op on states/parameters: cheaper to recompute than to keep
+                return _rename_helpers(FORWARD[n.op](*[value(a) for a in n.args]))
             assert i in self.saved, f"backward needs value {g.label(i)} that was not saved"
             return Expr(ast.parse(f"{self.saved_array(i)}[t, b, j]", mode="eval").body)
 
