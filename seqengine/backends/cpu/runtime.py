@@ -89,9 +89,9 @@ class CpuKernels:
     def _buffers(self, training: bool, T: int, B: int, D: int, H: int, nc: int, bc: int) -> dict:
         """Scratch of one forward: fresh in training (the tape keeps it), reused in inference."""
         key = (T, B, D, H, nc)
-        cache = getattr(self._scratch, "buffers", None)
-        if not training and cache is not None and cache[0] == key:
-            return cache[1]
+        cache = self._scratch.__dict__.setdefault("buffers", {})   # a few shapes: one per layer of a stack
+        if not training and key in cache:
+            return cache[key]
         s, dt = self.sched, self.dtype
         gx = len(s.x_group.members) if s.x_group else 0
         arrays = {"x_proj": np.empty((T, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
@@ -105,7 +105,9 @@ class CpuKernels:
             elif name.startswith("value_"):
                 arrays[name] = np.empty((nc, bc, H), dt)
         if not training:
-            self._scratch.buffers = (key, arrays)
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = arrays
         return arrays
 
     # -- forward -----------------------------------------------------------------
