@@ -88,9 +88,13 @@ class Cell:
 
     def equations_hash(self) -> str:
         """SHA-256 of everything that changes the math of the cell (not its doc)."""
+        cached = self.__dict__.get("_equations_hash")
+        if cached is not None:   # the fields are frozen: compute once (looked up on every kernel call)
+            return cached
         payload = json.dumps({
             "state": list(self.state),
             "equations": [ln.strip() for ln in self.equations.splitlines() if ln.strip()],
             "output": self.output_name,
         }, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        self.__dict__["_equations_hash"] = hashlib.sha256(payload.encode()).hexdigest()
+        return self.__dict__["_equations_hash"]

@@ -41,8 +41,12 @@ def _tn(A, B, scratch):
             scratch[c, :, :] = 0
 
 
-def _blocks(rows: int) -> int:
-    return max(1, min(numba.get_num_threads(), rows))
+# Below this many multiply-adds one BLAS call (one thread) beats waking the Numba pool.
+SERIAL_WORK = 2_000_000
+
+
+def _blocks(rows: int, work: float) -> int:
+    return 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), rows))
 
 
 def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -52,15 +56,21 @@ def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
-        if not (B.flags.c_contiguous or B.flags.f_contiguous):
-            B = np.ascontiguousarray(B)
-        _rows(A, B, out, _blocks(A.shape[0]))   # B may be a transposed view: BLAS takes it as is
+        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * B.shape[1])
+        if n == 1:
+            np.matmul(A, B, out=out)
+        else:
+            if not (B.flags.c_contiguous or B.flags.f_contiguous):
+                B = np.ascontiguousarray(B)
+            _rows(A, B, out, n)   # B may be a transposed view: BLAS takes it as is
     return out
 
 
 def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A [M, K1]^T @ B [M, K2] -> [K1, K2]: per-thread partial products over row blocks, then summed."""
-    n = _blocks(A.shape[0])
+    n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * B.shape[1])
+    if n == 1:
+        return A.T @ B
     scratch = np.empty((n, A.shape[1], B.shape[1]), A.dtype)
     if A.shape[1] and B.shape[1]:
         _tn(A, B, scratch)

@@ -115,6 +115,10 @@ class CpuKernels:
         """x [T, B, D], state0 {s: [B, H]}, lengths [B] (1..T; None: all T)
         -> y [T, B, H] (zero past each length), final {s: [B, H]} (at each sequence's last step), Tape or None.
         """
+        with single_threaded_blas():
+            return self._forward(params, x, state0, training, lengths)
+
+    def _forward(self, params, x, state0, training, lengths):
         s, dt = self.sched, self.dtype
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
@@ -161,6 +165,10 @@ class CpuKernels:
     # -- backward ----------------------------------------------------------------
     def backward(self, params: dict, tape: Tape, dy: np.ndarray, dfinal: dict):
         """dy [T, B, H], dfinal {s: [B, H]} -> dx [T, B, D], dstate0 {s: [B, H]}, grads {param: array}."""
+        with single_threaded_blas():
+            return self._backward(params, tape, dy, dfinal)
+
+    def _backward(self, params, tape, dy, dfinal):
         s, dt, a = self.sched, self.dtype, dict(tape.arrays)
         x = tape.x
         T, B, D = x.shape
