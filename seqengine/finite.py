@@ -174,33 +174,34 @@ class StepInterpreter:
 
 # -- naming ---------------------------------------------------------------------------------------------
 
-def describe(graph: Graph, i: int, depth: int = 3) -> str:
-    """A readable name of node i: its assigned name, or the expression that computes it."""
+def describe(graph: Graph, i: int, depth: int = 4) -> str:
+    """A readable name of node i: its assigned name, or the expression that computes it (`log(a + k)`),
+    written as a Python expression (so with the fewest parentheses) and cut at `depth` levels."""
     named = {j: name for name, j in graph.names.items()}
-    symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+    binops = {"add": ast.Add, "sub": ast.Sub, "mul": ast.Mult, "div": ast.Div}
 
-    def text(j: int, d: int, top: bool) -> str:
+    def tree(j: int, d: int) -> ast.expr:
         n = graph.nodes[j]
-        if j in named:
-            return named[j]
+        if j in named and j != i:
+            return ast.Name(named[j], ast.Load())
         if n.op in ("x", "prev", "param"):
-            return graph.label(j)
+            return ast.Name(graph.label(j), ast.Load())
         if n.op == "const":
             v = float(n.attr)
-            return str(int(v)) if v.is_integer() else repr(v)
+            return ast.Constant(int(v) if v.is_integer() else v)
         if d <= 0:
-            return "..."
+            return ast.Name("...", ast.Load())
         if n.op == "matvec":
-            return f"{n.attr} @ {text(n.args[0], d - 1, False)}" if top else \
-                f"({n.attr} @ {text(n.args[0], d - 1, False)})"
+            return ast.BinOp(ast.Name(str(n.attr), ast.Load()), ast.MatMult(), tree(n.args[0], d - 1))
         if n.op == "neg":
-            return f"-{text(n.args[0], d - 1, False)}"
-        if n.op in symbols:
-            s = f"{text(n.args[0], d - 1, False)} {symbols[n.op]} {text(n.args[1], d - 1, False)}"
-            return s if top else f"({s})"
-        return f"{n.op}({', '.join(text(a, d - 1, True) for a in n.args)})"
+            return ast.UnaryOp(ast.USub(), tree(n.args[0], d - 1))
+        if n.op in binops:
+            return ast.BinOp(tree(n.args[0], d - 1), binops[n.op](), tree(n.args[1], d - 1))
+        return ast.Call(ast.Name(n.op, ast.Load()), [tree(a, d - 1) for a in n.args], [])
 
-    return text(i, depth, True)
+    if i in named:
+        return named[i]
+    return ast.unparse(tree(i, depth))
 
 
 def equation_of(cell: Cell, graph: Graph, i: int) -> str | None:
@@ -280,13 +281,24 @@ def _inputs_text(interp: StepInterpreter, vals: dict, i: int, row: int, unit) ->
     return ("its arguments: " + ", ".join(parts)) if parts else ""
 
 
+MODES = (False, True, "all")
+
+
 def check_forward(cell: Cell, params, x: np.ndarray, state0: dict, y: np.ndarray, final: dict, tape, *,
-                  lengths=None, backend: str = "cpu"):
+                  lengths=None, backend: str = "cpu", mode=True):
     """Raise `NonFiniteError` at the first NaN/Inf of a forward of `seqengine.layers.forward`.
 
     params [layer][direction] {name: array}; x [T, B, D]; state0 {s: [L*Dn, B, H]}; y, final: its results;
     tape: its `StackTape` (None in inference: the layers are then re-run in training mode to locate the value).
+    mode True scans the outputs and the tape; "all" also replays every step in the interpreter, which finds a
+    NaN/Inf that no output, state or saved value carries (``tanh(log(0))`` is a finite -1).
     """
+    if mode == "all":
+        if tape is None:
+            from . import layers
+            _, _, tape = layers.forward(cell, params, x, state0, True, lengths=lengths, backend=backend)
+        _locate_forward(cell, params, state0, tape, lengths, y, final, every_step=True)
+        return
     if tape is None and _all_finite([y, *final.values()]):
         return
     if tape is not None and _all_finite([y, *final.values()]) and _all_finite(
@@ -299,7 +311,7 @@ def check_forward(cell: Cell, params, x: np.ndarray, state0: dict, y: np.ndarray
     _locate_forward(cell, params, state0, tape, lengths, y, final)
 
 
-def _locate_forward(cell, params, state0, tape, lengths, y, final):
+def _locate_forward(cell, params, state0, tape, lengths, y, final, every_step=False):
     num_layers, num_dirs = len(params), len(params[0])
     graph = parse_cell(cell)
     T = tape.input_shape[0]
@@ -326,32 +338,23 @@ def _locate_forward(cell, params, state0, tape, lengths, y, final):
             bad_steps += [np.flatnonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)) for a in saved.values()]
             bad_steps += [np.flatnonzero(~np.isfinite(t_.x).reshape(T, -1).all(axis=1))]
             bad = [int(b[0]) for b in bad_steps if b.size]
+            if not bad and not every_step:
+                continue
+            step = min(bad, default=T)
+            interp = StepInterpreter(cell, t_.x.dtype)
+            for t in (range(step + 1) if every_step else [step]):
+                if t < T:
+                    _interpret_step(cell, graph, interp, p, t_.x[t], {s: a[t] for s, a in states.items()}, t,
+                                    lengths, k, ctx)
             if not bad:
                 continue
-            step = min(bad)
-            interp = StepInterpreter(cell, t_.x.dtype)
-            x_t = t_.x[step]
-            if not np.isfinite(x_t).all():
-                r, j = _first_bad(x_t)
-                _raise(cell, graph, phase="forward", step=step, name="x" if k == 0 else f"x (the output of layer "
-                       f"{k - 1})", kind="input", value=x_t[r, j], row=r, unit=j, **ctx)
-            vals = interp.forward(p, x_t, {s: a[step] for s, a in states.items()})
-            active = np.ones(x_t.shape[0], bool) if lengths is None else step < lengths
-            for n in graph.nodes:
-                v = vals.get(n.id)
-                if v is None or n.is_leaf or np.ndim(v) != 2:
-                    continue
-                bad_rows = ~np.isfinite(v) & active[:, None]
-                if bad_rows.any():
-                    r, j = (int(q) for q in np.argwhere(bad_rows)[0])
-                    _raise(cell, graph, phase="forward", step=step, name=describe(graph, n.id), kind="value",
-                           value=v[r, j], row=r, unit=j, node=n.id, detail=_inputs_text(interp, vals, n.id, r, j),
-                           **ctx)
             # the interpreter stayed finite (the kernels' float32 functions differ in the last bits): name the array
             for name, a in list(saved.items()) + [(f"state_{s}", a[1:]) for s, a in states.items()]:
                 if not np.isfinite(a[step]).all():
                     r, j = _first_bad(a[step])
                     label = name[len("saved_"):] if name.startswith("saved_") else name[len("state_"):]
+                    if re.fullmatch(r"v\d+", label):   # an anonymous value: saved_v12 -> its expression
+                        label = describe(graph, int(label[1:]))
                     _raise(cell, graph, phase="forward", step=step, name=label, kind="value", value=a[step][r, j],
                            row=r, unit=j, **ctx)
     # nothing on the tapes: an output array itself
@@ -360,6 +363,25 @@ def _locate_forward(cell, params, state0, tape, lengths, y, final):
             idx = _first_bad(a)
             _raise(cell, graph, phase="forward", step=None, name=name, kind="output", value=a[idx], row=None,
                    unit=None, layer=0, direction=0, num_layers=num_layers, num_dirs=num_dirs, T=T, lengths=lengths)
+
+
+def _interpret_step(cell, graph, interp, p, x_t, prev, step, lengths, layer, ctx):
+    """Raise at the first non-finite input or node value of one forward step (topological order)."""
+    if not np.isfinite(x_t).all():
+        r, j = _first_bad(x_t)
+        _raise(cell, graph, phase="forward", step=step, name="x" if layer == 0 else f"x (the output of layer "
+               f"{layer - 1})", kind="input", value=x_t[r, j], row=r, unit=j, **ctx)
+    vals = interp.forward(p, x_t, prev)
+    active = np.ones(x_t.shape[0], bool) if lengths is None else step < lengths
+    for n in graph.nodes:
+        v = vals.get(n.id)
+        if v is None or n.is_leaf or np.ndim(v) != 2:
+            continue
+        bad_rows = ~np.isfinite(v) & active[:, None]
+        if bad_rows.any():
+            r, j = (int(q) for q in np.argwhere(bad_rows)[0])
+            _raise(cell, graph, phase="forward", step=step, name=describe(graph, n.id), kind="value",
+                   value=v[r, j], row=r, unit=j, node=n.id, detail=_inputs_text(interp, vals, n.id, r, j), **ctx)
 
 
 def check_backward(cell: Cell, params, tape, dy: np.ndarray, dfinal: dict, dx: np.ndarray, dstate0: dict,
@@ -417,6 +439,7 @@ def _locate_direction_backward(cell, graph, p, t_, dy_d, dfin, ctx):
     interp = StepInterpreter(cell, dy_d.dtype)
     zero = {s: np.zeros_like(dfin[s]) for s in cell.state}
     dnext = dict(zero)
+    consumers = graph.consumers()
     for step in range(T - 1, -1, -1):
         active = step < lens
         last = (step == lens - 1)[:, None]
@@ -441,10 +464,14 @@ def _locate_direction_backward(cell, graph, p, t_, dy_d, dfin, ctx):
             if not bad.any():
                 return
             r, j = (int(q) for q in np.argwhere(bad)[0])
-            node = graph.nodes[i]
-            detail = f"`{describe(graph, i)}` = {float(np.asarray(vals[i])[r, j]) if np.ndim(vals[i]) == 2 else ''}"
-            _raise(cell, graph, phase="backward", step=step, name=f"d({describe(graph, i)})", kind="adjoint",
-                   value=a[r, j], row=r, unit=j, node=i, detail=f"the adjoint of {detail} ({node.op})", **ctx)
+            users = [describe(graph, u) for u in consumers.get(i, ()) if u in interp.live]
+            here = np.asarray(vals[i])
+            detail = (f"where `{describe(graph, i)}` = {float(here[r, j]):.6g}" if here.ndim == 2 else "")
+            if users:
+                detail += f"{'; ' if detail else ''}its adjoint comes from " + ", ".join(f"`{u}`" for u in users)
+            name = describe(graph, i)
+            _raise(cell, graph, phase="backward", step=step, name=f"d{name}" if name.isidentifier() else f"d({name})",
+                   kind="adjoint", value=a[r, j], row=r, unit=j, node=i, detail=detail, **ctx)
 
         adj = interp.backward(p, vals, dy_t, dnext, on_adjoint)
         # leaves: the adjoints of the previous states, x, and vector parameters

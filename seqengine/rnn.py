@@ -47,7 +47,8 @@ class RNN:
     input of every layer k > 0, training mode only, drawn from a generator seeded by `seed`; backward
     reuses the forward's masks), dtype (float32 or float64), backend, seed (parameters and dropout),
     check_finite (after each forward and backward, raise `seqengine.finite.NonFiniteError` naming the step
-    and the value of the first NaN/Inf; costs one `np.isfinite` scan of the outputs and the tape).
+    and the value of the first NaN/Inf; True costs one `np.isfinite` scan of the outputs and the tape, "all"
+    also replays every forward step in NumPy to catch a NaN/Inf that no saved value carries).
 
     Parameter names: a single unidirectional layer keeps the cell's plain names (``W_i``, ``b_ii`` ...);
     otherwise every name carries its layer and direction, ``l0.W_i``, ``l0_reverse.W_i``, ``l1.W_i`` ...
@@ -94,7 +95,9 @@ class RNN:
         self.grads: dict[str, np.ndarray] = {}
         self._tape = None
         # check_finite (seqengine.finite): stop at the first NaN/Inf, naming its step and value
-        self.check_finite = _flag("check_finite", check_finite)
+        if not (isinstance(check_finite, (bool, np.bool_)) or check_finite == "all"):
+            raise ValueError(f"check_finite must be False, True or 'all'; got {check_finite!r}")
+        self.check_finite = check_finite if check_finite == "all" else bool(check_finite)
 
     def __repr__(self):
         extra = "".join(f", {k}={v!r}" for k, v, default in (
@@ -242,7 +245,8 @@ class RNN:
                                         backend=self.backend)
         self._tape = tape
         if self.check_finite:   # check_finite: raises seqengine.finite.NonFiniteError
-            finite.check_forward(self.cell, params, x, state0, y, final, tape, lengths=lengths, backend=self.backend)
+            finite.check_forward(self.cell, params, x, state0, y, final, tape, lengths=lengths, backend=self.backend,
+                                 mode=self.check_finite)
         self._shape = (T, B)
         return (y.transpose(1, 0, 2) if self.batch_first else y), final
 
