@@ -90,6 +90,12 @@ class Registry:
         except pluggy.PluginValidationError as e:
             self.pm.unregister(plugin)
             raise PluginError(f"seqengine plugin {name!r}: {e}") from None
+        undecorated = [attr for attr in dir(plugin) if attr.startswith(f"{hookspecs.PROJECT}_")
+                       and callable(getattr(plugin, attr, None)) and not self.pm.parse_hookimpl_opts(plugin, attr)]
+        if undecorated:   # pluggy skips them silently: the plugin would register nothing
+            self.pm.unregister(plugin)
+            raise PluginError(f"seqengine plugin {name!r}: {', '.join(undecorated)} lacks the "
+                              f"@seqengine.hookimpl decorator, so it would never be called")
         new: list[str] = []
 
         def register(cell):

@@ -78,3 +78,14 @@ def test_a_misspelt_hookimpl_fails_loudly(fresh_registry, typo):
         fresh_registry.add_plugin(plugin, "typo_plugin")
     assert "'typo_plugin'" in str(info.value) and typo in str(info.value)
     assert "never" not in fresh_registry.cells and not fresh_registry.pm.has_plugin("typo_plugin")
+
+
+def test_a_hook_function_without_the_hookimpl_decorator_fails_loudly():
+    from seqengine.plugins import PluginError, Registry
+
+    class Forgetful:
+        def seqengine_register_cells(self, register):   # no @seqengine.hookimpl
+            raise AssertionError("must never be called")
+
+    with pytest.raises(PluginError, match=r"seqengine_register_cells lacks the @seqengine.hookimpl decorator"):
+        Registry().add_plugin(Forgetful(), "forgetful")
