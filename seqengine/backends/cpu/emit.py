@@ -24,10 +24,9 @@ per-thread values crossing segments.
 
 from __future__ import annotations
 
-import ast
-
-from ...compiler.differentiate import FORWARD, Expr, adjoint_contributions
+from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
+from ...compiler.kernelplan import KernelPlan, SourceWriter, load
 from ...compiler.schedule import Schedule
 
 FASTMATH = '{"nsz", "arcp", "contract", "afn", "reassoc"}'   # keeps NaN/Inf semantics
@@ -74,130 +73,37 @@ def _fastmath_digest() -> str:
     return hashlib.sha256(open(fastmath.__file__, "rb").read()).hexdigest()[:16]
 
 
-class _Writer:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.depth = 0
+class CpuEmitter(KernelPlan):
+    """The CPU kernels: per-thread scratch is indexed by (chunk c, row r = b - b0 in the chunk)."""
 
-    def __call__(self, line: str = ""):
-        self.lines.append("    " * self.depth + line if line else "")
+    scratch = "c, r, j"
+    share_x_adjoint = True   # the runtime reads d_x_proj from the d_prod of sched.x_shares_adjoint_with
+    # products_cross_launches stays False: prod_<g> [NC, BC, k*H] holds a chunk's products all step
 
-    def indent(self):
-        w = self
+    def helper(self, fn: str) -> str:
+        return HELPER_NAME.get(fn, fn)
 
-        class _Block:
-            def __enter__(self):
-                w.depth += 1
+    def product(self, i: int, seg: int, training: bool) -> Expr:
+        """From the chunk's products of this step (np.dot's output), whichever segment reads it."""
+        return load(f"prod_{self.s.group_of[i].name}[c, r, {self.block(i)}]")
 
-            def __exit__(self, *exc):
-                w.depth -= 1
-        return _Block()
+    def d_gemm(self, st: str) -> Expr:
+        return load(f"d_gemm_{st}[{self.scratch}]")
 
+    def d_operand(self, i: int) -> Expr:
+        return load(f"d_operand_{self.stem(i)}[{self.scratch}]")
 
-def _load(src: str) -> Expr:
-    return Expr(ast.parse(src, mode="eval").body)
-
-
-def _rename_helpers(e: Expr) -> Expr:
-    for n in ast.walk(e.node):
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in HELPER_NAME:
-            n.func.id = HELPER_NAME[n.func.id]
-    return e
-
-
-class CpuEmitter:
-    def __init__(self, sched: Schedule, dtype: str):
-        self.s, self.g, self.dtype = sched, sched.graph, dtype
-        g = self.g
-        self.consumers = {k: [c for c in v if c in sched.live] for k, v in g.consumers().items()}
-        self.named = {i: name for name, i in g.names.items()}
-        self.state_of = {i: s for s, i in g.new_state.items()}
-        self.vec_index = {p: k for k, p in enumerate(g.vectors)}
-        self.operands = {grp.operand for grp in sched.operand_groups()}
-        self.saved = set(sched.saved)
-
-    # -- naming ------------------------------------------------------------------
-    def local(self, i: int) -> str:
-        n = self.g.nodes[i]
-        if i in self.named:
-            return f"{self.named[i]}_"
-        return f"{n.attr}_prev_" if n.op == "prev" else f"v{i}_"
-
-    def saved_array(self, i: int) -> str:
-        return "saved_" + self.local(i).rstrip("_")
-
-    def value_array(self, i: int) -> str:
-        return "value_" + self.local(i).rstrip("_")
-
-    def block(self, i: int) -> str:
-        """`j` offset by the product's block inside its group."""
-        grp = self.s.group_of[i]
-        k = grp.members.index(i)
-        return "j" if k == 0 else f"{k} * H + j"
-
-    def is_output_state(self) -> bool:
-        return self.g.output in self.state_of
-
-    # -- value loads (shared by forward and backward) ----------------------------
-    def leaf(self, i: int, state_slot) -> Expr:
-        n = self.g.nodes[i]
-        if n.op == "prev":
-            return _load(f"state_{n.attr}[{state_slot(False)}, b, j]")
-        if n.op == "param":
-            return _load(f"param_{n.attr}[j]")
-        if n.op == "const":
-            return Expr.num(n.attr)
-        raise AssertionError(f"no pointwise load for {n.op}")
+    def d_param(self, p: str) -> str:
+        return f"d_params[c, {self.vec_index[p]}, j]"
 
     # -- forward -----------------------------------------------------------------
     def forward(self, training: bool) -> tuple[str, list[str]]:
-        s, g, w = self.s, self.g, _Writer()
+        s, g, w = self.s, self.g, SourceWriter()
         name = "forward_train" if training else "forward_infer"
 
-        def slot(new: bool) -> str:
-            if training:
-                return "t + 1" if new else "t"
-            return "(t + 1) & 1" if new else "t & 1"
-
-        def stored_value(i: int) -> str:
-            if training and i in self.saved:
-                return f"{self.saved_array(i)}[t, b, j]"
-            return f"{self.value_array(i)}[c, r, j]"
-
-        args = ["chunks", "lengths", "x_proj"]
-        args += [f"state_{st}" for st in s.states]
-        args += [f"weight_{grp.name}" for grp in s.groups]
-        args += [f"param_{p}" for p in g.vectors]
-        out_y = not (training and self.is_output_state())
-        if out_y:
-            args.append("y")
-        if training:
-            args += [self.saved_array(i) for i in s.saved]
+        args = ["chunks", "lengths"] + self.forward_arrays(training, "weight")
         args += [f"prod_{grp.name}" for grp in s.groups]
-        scratch_values = sorted(i for i in (s.cross_values | self.operands)
-                                if not (training and i in self.saved))
-        args += [self.value_array(i) for i in scratch_values]
-
-        inlined = self.inlinable(training)
-
-        def expr_of(i: int, seg: int) -> Expr:
-            n = g.nodes[i]
-            if n.is_leaf:
-                return self.leaf(i, slot)
-            if n.op == "matvec":
-                grp = s.group_of[i]
-                if grp.kind == "x":
-                    return Expr(ast.parse(f"x_proj[t, b, {self.block(i)}]", mode="eval").body)
-                return Expr(ast.parse(f"prod_{grp.name}[c, r, {self.block(i)}]", mode="eval").body)
-            if s.segment_of[i] < seg:
-                return Expr(ast.parse(stored_value(i), mode="eval").body)
-            if i in inlined:
-                return compute(i, seg)
-            return Expr.name(self.local(i))
-
-        def compute(i: int, seg: int) -> Expr:
-            n = g.nodes[i]
-            return _rename_helpers(FORWARD[n.op](*[expr_of(a, seg) for a in n.args]))
+        args += [self.value_array(i) for i in self.scratch_values(training)]
 
         w(JIT)
         w(f"def {name}_rows(c, b0, b1, {', '.join(args[1:])}):")
@@ -208,106 +114,45 @@ class CpuEmitter:
             w(f"H = state_{s.states[0]}.shape[2]")
             w("for t in range(T):")
             with w.indent():
-                for seg, nodes in enumerate(s.segments):
+                for seg in range(len(s.segments)):
                     for grp in s.groups:
                         if grp.level != seg:
                             continue
-                        op = self.operand_rows(grp, training, slot)
+                        op = self.operand_rows(grp, training)
                         w(f"np.dot({op}, weight_{grp.name}.T, prod_{grp.name}[c, :b1 - b0])"
                           f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
-                    w("for b in range(b0, b1):")
-                    with w.indent():
-                        w("r = b - b0")
-                        self.forward_padding(w, seg, training, slot)
-                        w("for j in range(H):")
-                        with w.indent():
-                            for i in nodes:
-                                n = g.nodes[i]
-                                targets = self.forward_stores(i, training, slot, stored_value)
-                                if n.op == "matvec":   # a product read straight from its GEMM
-                                    if targets:
-                                        w(f"{self.local(i)} = {expr_of(i, seg).source()}")
-                                elif i not in inlined:
-                                    w(f"{self.local(i)} = {compute(i, seg).source()}")
-                                for target in targets:
-                                    w(f"{target} = {self.local(i)}")
+                    self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training))
         self.driver(w, name, args)
-        return "\n".join(w.lines), args
+        return w.text(), args
 
-    def forward_padding(self, w, seg: int, training: bool, slot):
-        """Steps past a sequence's length: no work; the last segment writes what later steps read.
-
-        Training zeroes the state rows (the output may be a view of them) and the saved operands of the
-        deferred weight GEMMs; inference carries the state forward so slot T & 1 ends as the final state.
-        """
-        w("if t >= lengths[b]:   # past the end of this sequence")
+    def rows_loop(self, w: SourceWriter, padding: list[str], lines: list[str]):
+        """For each row b of the chunk: `padding` past its sequence's end, else `lines`; each over j."""
+        w("for b in range(b0, b1):")
         with w.indent():
-            if seg == len(self.s.segments) - 1:
-                w("for j in range(H):")
-                with w.indent():
-                    for st in self.s.states:
-                        if training:
-                            w(f"state_{st}[t + 1, b, j] = F(0.0)")
-                        else:
-                            w(f"state_{st}[(t + 1) & 1, b, j] = state_{st}[t & 1, b, j]")
-                    if not (training and self.is_output_state()):
-                        w("y[t, b, j] = F(0.0)")
-                    if training:
-                        for i in sorted(self.operands):
-                            w(f"{self.saved_array(i)}[t, b, j] = F(0.0)")
-            w("continue")
-
-    def backward_padding(self, w, seg: int):
-        """Steps past a sequence's length: the adjoint of the final state waits at step `lengths[b]`,
-        and the product adjoints are zero, so the weight GEMMs ignore the padding."""
-        s = self.s
-        w("if t >= lengths[b]:   # past the end of this sequence")
-        with w.indent():
-            w("for j in range(H):")
+            w("r = b - b0")
+            w("if t >= lengths[b]:   # past the end of this sequence")
             with w.indent():
-                for grp in s.groups:
-                    if grp.level == seg:
-                        for k in range(len(grp.members)):
-                            w(f"d_prod_{grp.name}[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
-                if seg == 0:
-                    if s.x_group and not s.x_shares_adjoint_with:
-                        for k in range(len(s.x_group.members)):
-                            w(f"d_x_proj[t, b, {'j' if k == 0 else f'{k} * H + j'}] = F(0.0)")
-                    for st in s.states:
-                        w(f"d_state_{st}[t & 1, c, r, j] = d_final_{st}[b, j]")
-            w("continue")
+                self.element_loop(w, padding)
+                w("continue")
+            self.element_loop(w, lines)
 
-    def operand_rows(self, grp, training: bool, slot) -> str:
+    @staticmethod
+    def element_loop(w: SourceWriter, lines: list[str]):
+        """`lines` for every hidden unit j of row b (one loop, which LLVM vectorizes)."""
+        if not lines:
+            return
+        w("for j in range(H):")
+        with w.indent():
+            for line in lines:
+                w(line)
+
+    def operand_rows(self, grp, training: bool) -> str:
         n = self.g.nodes[grp.operand]
         if grp.kind == "state":
-            return f"state_{n.attr}[{slot(False)}, b0:b1]"
+            return f"state_{n.attr}[{self.slots(training)[0]}, b0:b1]"
         if training:
             return f"{self.saved_array(grp.operand)}[t, b0:b1]"
         return f"{self.value_array(grp.operand)}[c, :b1 - b0]"
-
-    def forward_stores(self, i: int, training: bool, slot, stored_value) -> list[str]:
-        targets = []
-        if i in self.state_of:
-            targets.append(f"state_{self.state_of[i]}[{slot(True)}, b, j]")
-        if i == self.g.output and not (training and i in self.state_of):
-            targets.append("y[t, b, j]")
-        if (training and i in self.saved) or i in self.s.cross_values or i in self.operands:
-            targets.append(stored_value(i))
-        return targets
-
-    def inlinable(self, training: bool) -> set[int]:
-        """Anonymous single-use values folded into their consumer's expression."""
-        s, out = self.s, set()
-        for n in self.g.nodes:
-            i = n.id
-            if i not in s.live or n.is_leaf or n.op == "matvec" or i in self.named:
-                continue
-            users = self.consumers[i]
-            if (len(users) == 1 and s.segment_of[users[0]] == s.segment_of[i]
-                    and self.g.nodes[users[0]].args.count(i) == 1
-                    and not self.forward_stores(i, training, lambda new: "", lambda i: "")):
-                out.add(i)
-        return out
 
     def header_comments(self, w, args, training):
         s = self.s
@@ -335,39 +180,14 @@ class CpuEmitter:
 
     # -- backward ----------------------------------------------------------------
     def backward(self) -> tuple[str, list[str]]:
-        s, g, w = self.s, self.g, _Writer()
-        out_is_state = self.is_output_state()
-        prev_users = self.prev_contrib_segments()
+        s, g, w = self.s, self.g, SourceWriter()
 
-        args = ["chunks", "lengths", "d_y"]
+        args = ["chunks", "lengths"] + self.backward_arrays()
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
-        args.append("d_x_proj")
-        args += [f"d_prod_{grp.name}" for grp in s.groups]
-        args += ["d_params"]
-        args += [f"state_{st}" for st in s.states]
-        args += [f"weight_{grp.name}" for grp in s.groups]
-        args += [f"param_{p}" for p in g.vectors]
-        args += [self.saved_array(i) for i in s.saved]
-        # per-thread scratch
-        args += [f"d_state_{st}" for st in s.states]
         gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
         args += [f"d_gemm_{st}" for st in gemm_states]
-        args += [f"d_cross_{self.local(i).rstrip('_')}" for i in sorted(s.cross_adjoints)]
-        args += [f"d_operand_{self.local(grp.operand).rstrip('_')}" for grp in s.operand_groups()]
-
-        def slot(new: bool) -> str:
-            return "t + 1" if new else "t"
-
-        def value(i: int) -> Expr:
-            n = g.nodes[i]
-            if n.is_leaf:
-                return self.leaf(i, slot)
-            if i in self.state_of:
-                return Expr(ast.parse(f"state_{self.state_of[i]}[t + 1, b, j]", mode="eval").body)
-            if i in s.recomputed:   # one op on states/parameters: cheaper to recompute than to keep
-                return _rename_helpers(FORWARD[n.op](*[value(a) for a in n.args]))
-            assert i in self.saved, f"backward needs value {g.label(i)} that was not saved"
-            return Expr(ast.parse(f"{self.saved_array(i)}[t, b, j]", mode="eval").body)
+        args += [f"d_cross_{self.stem(i)}" for i in sorted(s.cross_adjoints)]
+        args += [f"d_operand_{self.stem(grp.operand)}" for grp in s.operand_groups()]
 
         w(JIT)
         w(f"def backward_rows(c, b0, b1, {', '.join(args[1:])}):")
@@ -382,40 +202,35 @@ class CpuEmitter:
             w("for b in range(b0, b1):")
             with w.indent():
                 w("r = b - b0")
-                w("for j in range(H):")
-                with w.indent():
-                    for st in s.states:
-                        w(f"d_state_{st}[T & 1, c, r, j] = d_final_{st}[b, j]")
-                    for st in gemm_states:
-                        w(f"d_gemm_{st}[c, r, j] = F(0.0)")
+                self.element_loop(w, [f"{self.d_state(st, 'T & 1')} = d_final_{st}[b, j]" for st in s.states]
+                                  + [f"{self.d_gemm(st).source()} = F(0.0)" for st in gemm_states])
             w("for t in range(T - 1, -1, -1):")
             with w.indent():
-                for st in s.states:
-                    if len(prev_users[st]) != 1:
-                        w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
+                for st in self.accumulated_states():
+                    w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
                 for i in sorted(s.cross_adjoints):
-                    w(f"d_cross_{self.local(i).rstrip('_')}[c, :b1 - b0] = F(0.0)")
+                    w(f"d_cross_{self.stem(i)}[c, :b1 - b0] = F(0.0)")
                 for seg in range(len(s.segments) - 1, -1, -1):
-                    self.backward_segment(w, seg, value, prev_users, out_is_state)
+                    # past the end, the final state's adjoint waits until step lengths[b]
+                    waits = [f"{self.d_state(st, 't & 1')} = d_final_{st}[b, j]" for st in s.states if seg == 0]
+                    self.rows_loop(w, self.backward_padding_lines(seg) + waits, self.backward_lines(seg))
                     for grp in s.groups:
                         if grp.level != seg:
                             continue
                         if grp.kind == "state":
                             target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
                         else:
-                            target = f"d_operand_{self.local(grp.operand).rstrip('_')}[c, :b1 - b0]"
+                            target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0]"
                         w(f"np.dot(d_prod_{grp.name}[t, b0:b1], weight_{grp.name}, {target})"
                           f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
             w("for b in range(b0, b1):")
             with w.indent():
                 w("r = b - b0")
-                w("for j in range(H):")
-                with w.indent():
-                    for st in s.states:
-                        gemm = f" + d_gemm_{st}[c, r, j]" if st in gemm_states else ""
-                        w(f"d_init_{st}[b, j] = d_state_{st}[0, c, r, j]{gemm}")
+                self.element_loop(w, [f"d_init_{st}[b, j] = {self.d_state(st, '0')}"
+                                      + (f" + {self.d_gemm(st).source()}" if st in gemm_states else "")
+                                      for st in s.states])
         self.driver(w, "backward", args)
-        return "\n".join(w.lines), args
+        return w.text(), args
 
     def driver(self, w, name: str, args: list[str]):
         """The parallel entry point: one chunk of batch rows per Numba thread, no per-step barrier."""
@@ -428,103 +243,6 @@ class CpuEmitter:
             w("for c in prange(chunks.shape[0] - 1):")
             with w.indent():
                 w(f"{name}_rows(c, chunks[c], chunks[c + 1], {rest})")
-
-    def prev_contrib_segments(self) -> dict[str, set[int]]:
-        """For each state, the segments whose loops add to the adjoint of its previous value."""
-        s, g = self.s, self.g
-        out: dict[str, set[int]] = {st: set() for st in s.states}
-        for n in g.nodes:
-            if n.id in s.live and not n.is_leaf and n.op != "matvec":
-                for a in n.args:
-                    if g.nodes[a].op == "prev":
-                        out[g.nodes[a].attr].add(s.segment_of[n.id])
-        return out
-
-    def backward_segment(self, w, seg: int, value, prev_users, out_is_state):
-        s, g = self.s, self.g
-        nodes = s.segments[seg]
-        terms: dict[int, list[Expr]] = {i: [] for i in nodes}
-        prev_terms: dict[str, list[Expr]] = {}
-        param_terms: dict[str, list[Expr]] = {}
-        cross_terms: dict[int, list[Expr]] = {}
-        body: list[str] = []
-        loads: dict[str, int] = {}   # candidate value locals; loaded only where referenced
-
-        def value_name(i: int) -> Expr:
-            n = g.nodes[i]
-            if n.op in ("const", "param"):
-                return value(i)
-            loads[self.local(i)] = i
-            return Expr.name(self.local(i))
-
-        for i in nodes:
-            if i in self.state_of:
-                st = self.state_of[i]
-                gemm = f" + d_gemm_{st}[c, r, j]" if any(
-                    grp.kind == "state" and g.nodes[grp.operand].attr == st for grp in s.groups) else ""
-                terms[i].append(Expr(ast.parse(f"d_state_{st}[(t + 1) & 1, c, r, j]{gemm}", mode="eval").body))
-            if i == g.output:
-                terms[i].append(Expr(ast.parse("d_y[t, b, j]", mode="eval").body))
-            if i in s.cross_adjoints:
-                terms[i].append(Expr(ast.parse(f"d_cross_{self.local(i).rstrip('_')}[c, r, j]", mode="eval").body))
-            if i in self.operands:
-                terms[i].append(Expr(ast.parse(f"d_operand_{self.local(i).rstrip('_')}[c, r, j]",
-                                               mode="eval").body))
-
-        for i in reversed(nodes):
-            n = g.nodes[i]
-            if not terms[i]:
-                continue
-            d = "d_" + self.local(i)
-            total = terms[i][0]
-            for t in terms[i][1:]:
-                total = total + t
-            body.append(f"{d} = {total.source()}")
-            if n.op == "matvec":
-                grp = s.group_of[i]
-                if grp.kind != "x" or not s.x_shares_adjoint_with:   # else d_prod of that group holds it
-                    target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
-                    body.append(f"{target}[t, b, {self.block(i)}] = {d}")
-                continue
-            contribs = adjoint_contributions(n.op, Expr.name(d), [value_name(a) for a in n.args], value_name(i))
-            for a, contrib in zip(n.args, contribs):
-                an = g.nodes[a]
-                contrib = _rename_helpers(contrib)
-                if an.op == "const":
-                    continue
-                if an.op == "prev":
-                    prev_terms.setdefault(an.attr, []).append(contrib)
-                elif an.op == "param":
-                    param_terms.setdefault(an.attr, []).append(contrib)
-                elif s.segment_of[a] < seg:
-                    cross_terms.setdefault(a, []).append(contrib)
-                else:
-                    terms[a].append(contrib)
-
-        def flush(target: str, exprs: list[Expr], assign: bool):
-            total = exprs[0]
-            for e in exprs[1:]:
-                total = total + e
-            body.append(f"{target} {'=' if assign else '+='} {total.source()}")
-        for st, exprs in prev_terms.items():
-            flush(f"d_state_{st}[t & 1, c, r, j]", exprs, assign=len(prev_users[st]) == 1)
-        for p, exprs in param_terms.items():
-            flush(f"d_params[c, {self.vec_index[p]}, j]", exprs, assign=False)
-        for a, exprs in cross_terms.items():
-            flush(f"d_cross_{self.local(a).rstrip('_')}[c, r, j]", exprs, assign=False)
-
-        referenced = {n.id for line in body for n in ast.walk(ast.parse(line)) if isinstance(n, ast.Name)}
-        w("for b in range(b0, b1):")
-        with w.indent():
-            w("r = b - b0")
-            self.backward_padding(w, seg)
-            w("for j in range(H):")
-            with w.indent():
-                for name in sorted(loads, key=loads.get):
-                    if name in referenced:
-                        w(f"{name} = {value(loads[name]).source()}")
-                for line in body:
-                    w(line)
 
 
 def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[str, list[str]]]:

@@ -26,10 +26,9 @@ scratch is [B, H] (each thread owns one element across launches, so no races).
 
 from __future__ import annotations
 
-import ast
-
-from ...compiler.differentiate import FORWARD, Expr, adjoint_contributions
+from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
+from ...compiler.kernelplan import KernelPlan, SourceWriter, load
 from ...compiler.schedule import Schedule
 
 # Device helpers, one per function of the language; F is the kernel's float type so
@@ -160,82 +159,37 @@ SUPPORT_SIGNATURES = {
 }
 
 
-class _Writer:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.depth = 0
+class CudaEmitter(KernelPlan):
+    """The CUDA kernels: one thread per element (b, j); per-row scratch is [B, H], indexed (b, j)."""
 
-    def __call__(self, line: str = ""):
-        self.lines.append("    " * self.depth + line if line else "")
+    scratch = "b, j"
+    products_cross_launches = True   # each segment is its own launch: late products go through value_
 
-    def indent(self):
-        w = self
-
-        class _Block:
-            def __enter__(self):
-                w.depth += 1
-
-            def __exit__(self, *exc):
-                w.depth -= 1
-        return _Block()
-
-
-def _load(src: str) -> Expr:
-    return Expr(ast.parse(src, mode="eval").body)
-
-
-def _device_helpers(e: Expr) -> Expr:
-    """Calls of the language's functions -> calls of the `_gpu_` device helpers."""
-    for n in ast.walk(e.node):
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in HELPERS:
-            n.func.id = "_gpu_" + n.func.id
-    return e
-
-
-def _sum(exprs: list[Expr]) -> Expr:
-    total = exprs[0]
-    for e in exprs[1:]:
-        total = total + e
-    return total
-
-
-class CudaEmitter:
     def __init__(self, sched: Schedule, dtype: str):
-        self.s, self.g, self.dtype = sched, sched.graph, dtype
-        g, s = self.g, sched
-        self.consumers = {k: [c for c in v if c in s.live] for k, v in g.consumers().items()}
-        self.named = {i: name for name, i in g.names.items()}
-        self.state_of = {i: st for st, i in g.new_state.items()}
-        self.vec_index = {p: k for k, p in enumerate(g.vectors)}
-        self.operands = {grp.operand for grp in s.operand_groups()}
-        self.saved = set(s.saved)
-        # products of an in-loop group read by a later segment than their own: the thread's
-        # local product does not survive its launch, so it goes through a [B, H] array
-        self.late_products = {i for grp in s.groups for i in grp.members
-                              if any(s.segment_of[u] > grp.level for u in self.consumers[i])}
+        super().__init__(sched, dtype)
         self.signatures: dict[str, tuple] = {}
 
-    # -- naming ------------------------------------------------------------------
-    def local(self, i: int) -> str:
-        n = self.g.nodes[i]
-        if i in self.named:
-            return f"{self.named[i]}_"
-        return f"{n.attr}_prev_" if n.op == "prev" else f"v{i}_"
+    def helper(self, fn: str) -> str:
+        return "_gpu_" + fn
 
-    def stem(self, i: int) -> str:
-        return self.local(i).rstrip("_")
+    def product(self, i: int, seg: int, training: bool) -> Expr:
+        """The thread's local product in its own segment's launch; later launches read it back."""
+        if self.s.group_of[i].level < seg:
+            return load(self.stored_value(i, training))
+        return Expr.name(self.product_local(i))
 
-    def block(self, i: int) -> str:
-        """`j` offset by the product's block inside its group."""
-        k = self.s.group_of[i].members.index(i)
-        return "j" if k == 0 else f"{k} * H + j"
+    def d_gemm(self, st: str) -> Expr:
+        return Expr.name(f"d_gemm_{st}")
+
+    def d_operand(self, i: int) -> Expr:
+        return Expr.name(f"d_operand_{self.stem(i)}")
+
+    def d_param(self, p: str) -> str:
+        return f"d_params[{self.vec_index[p]}, b, j]"
 
     def product_local(self, i: int) -> str:
         grp = self.s.group_of[i]
         return f"p_{grp.name}_{grp.members.index(i)}"
-
-    def is_output_state(self) -> bool:
-        return self.g.output in self.state_of
 
     def ndim(self, arg: str) -> tuple[str, int]:
         if arg == "t" or arg == "T":
@@ -247,16 +201,6 @@ class CudaEmitter:
         if arg.startswith(("weightT_", "weight_", "value_", "d_cross_", "d_final_", "d_init_")):
             return ("f", 2)
         return ("f", 3)   # x_proj, state_, y, saved_, d_y, d_x_proj, d_prod_, d_params, d_state_
-
-    def leaf(self, i: int, prev_slot: str) -> Expr:
-        n = self.g.nodes[i]
-        if n.op == "prev":
-            return _load(f"state_{n.attr}[{prev_slot}, b, j]")
-        if n.op == "param":
-            return _load(f"param_{n.attr}[j]")
-        if n.op == "const":
-            return Expr.num(n.attr)
-        raise AssertionError(f"no pointwise load for {n.op}")
 
     # -- shared pieces -----------------------------------------------------------
     def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
@@ -307,73 +251,18 @@ class CudaEmitter:
 
     # -- forward -----------------------------------------------------------------
     def forward_args(self, training: bool) -> list[str]:
-        s, g = self.s, self.g
-        args = ["t", "lengths", "x_proj"]
-        args += [f"state_{st}" for st in s.states]
-        args += [f"weightT_{grp.name}" for grp in s.groups]
-        args += [f"param_{p}" for p in g.vectors]
-        if not (training and self.is_output_state()):
-            args.append("y")
-        if training:
-            args += [f"saved_{self.stem(i)}" for i in s.saved]
-        args += [f"value_{self.stem(i)}" for i in self.scratch_values(training)]
-        return args
-
-    def scratch_values(self, training: bool) -> list[int]:
-        s = self.s
-        return sorted(i for i in (s.cross_values | self.operands | self.late_products)
-                      if not (training and i in self.saved))
+        return (["t", "lengths"] + self.forward_arrays(training, "weightT")
+                + [self.value_array(i) for i in self.scratch_values(training)])
 
     def forward(self, training: bool) -> tuple[list[str], list[str], list[str]]:
         """Source of the step kernels (one per segment), their names, and their common arguments."""
         s, g = self.s, self.g
         mode = "train" if training else "infer"
         args = self.forward_args(training)
-        prev_slot = "t" if training else "t & 1"
-        new_slot = "t + 1" if training else "(t + 1) & 1"
-        inlined = self.inlinable(training)
-
-        def stored_value(i: int) -> str:
-            if training and i in self.saved:
-                return f"saved_{self.stem(i)}[t, b, j]"
-            return f"value_{self.stem(i)}[b, j]"
-
-        def stores(i: int) -> list[str]:
-            targets = []
-            if i in self.state_of:
-                targets.append(f"state_{self.state_of[i]}[{new_slot}, b, j]")
-            if i == g.output and not (training and i in self.state_of):
-                targets.append("y[t, b, j]")
-            if ((training and i in self.saved) or i in s.cross_values or i in self.operands
-                    or i in self.late_products):
-                targets.append(stored_value(i))
-            return targets
-        self._forward_stores = stores
-
+        prev_slot = self.slots(training)[0]
         sources, names = [], []
-        for seg, nodes in enumerate(s.segments):
-            def expr_of(i: int) -> Expr:
-                n = g.nodes[i]
-                if n.is_leaf:
-                    return self.leaf(i, prev_slot)
-                if n.op == "matvec":
-                    grp = s.group_of[i]
-                    if grp.kind == "x":
-                        return _load(f"x_proj[t, b, {self.block(i)}]")
-                    if grp.level < seg:
-                        return _load(stored_value(i))
-                    return Expr.name(self.product_local(i))
-                if s.segment_of[i] < seg:
-                    return _load(stored_value(i))
-                if i in inlined:
-                    return compute(i)
-                return Expr.name(self.local(i))
-
-            def compute(i: int) -> Expr:
-                n = g.nodes[i]
-                return _device_helpers(FORWARD[n.op](*[expr_of(a) for a in n.args]))
-
-            w = _Writer()
+        for seg in range(len(s.segments)):
+            w = SourceWriter()
             name = f"forward_{mode}_seg{seg}_kernel"
             self.kernel_head(w, name, args, [
                 f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)}",
@@ -387,80 +276,30 @@ class CudaEmitter:
                 if grp.kind == "state":
                     row = f"state_{op.attr}[{prev_slot}, b, {{k}}]"
                 elif training:
-                    row = f"saved_{self.stem(grp.operand)}[t, b, {{k}}]"
+                    row = f"{self.saved_array(grp.operand)}[t, b, {{k}}]"
                 else:
-                    row = f"value_{self.stem(grp.operand)}[b, {{k}}]"
+                    row = f"{self.value_array(grp.operand)}[b, {{k}}]"
                 self.row_products(w, [self.product_local(m) for m in grp.members], row, f"weightT_{grp.name}",
                                   [self.block(m) for m in grp.members], f"weightT_{grp.name}.shape[0]",
                                   f"{' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
             w("if not active:")
             with w.indent():
                 w("return")
-            self.forward_padding(w, seg, training, prev_slot, new_slot)
-            for i in nodes:
-                n = g.nodes[i]
-                targets = stores(i)
-                if n.op == "matvec":
-                    if targets:
-                        w(f"{self.local(i)} = {expr_of(i).source()}")
-                elif i not in inlined:
-                    w(f"{self.local(i)} = {compute(i).source()}")
-                for target in targets:
-                    w(f"{target} = {self.local(i)}")
-            sources.append("\n".join(w.lines))
+            w("if t >= lengths[b]:   # past the end of this sequence")
+            with w.indent():
+                for line in self.forward_padding_lines(seg, training):
+                    w(line)
+                w("return")
+            for line in self.forward_lines(seg, training):
+                w(line)
+            sources.append(w.text())
             names.append(name)
         return sources, names, args
 
-    def forward_padding(self, w, seg: int, training: bool, prev_slot: str, new_slot: str):
-        """Steps past a sequence's length: as the CPU kernels (zero state rows and saved operands in
-        training, carried state in inference), written by the last segment."""
-        w("if t >= lengths[b]:   # past the end of this sequence")
-        with w.indent():
-            if seg == len(self.s.segments) - 1:
-                for st in self.s.states:
-                    if training:
-                        w(f"state_{st}[t + 1, b, j] = F(0.0)")
-                    else:
-                        w(f"state_{st}[{new_slot}, b, j] = state_{st}[{prev_slot}, b, j]")
-                if not (training and self.is_output_state()):
-                    w("y[t, b, j] = F(0.0)")
-                if training:
-                    for i in sorted(self.operands):
-                        w(f"saved_{self.stem(i)}[t, b, j] = F(0.0)")
-            w("return")
-
-    def inlinable(self, training: bool) -> set[int]:
-        """Anonymous single-use values folded into their consumer's expression."""
-        s, out = self.s, set()
-        for n in self.g.nodes:
-            i = n.id
-            if i not in s.live or n.is_leaf or n.op == "matvec" or i in self.named:
-                continue
-            users = self.consumers[i]
-            stored = ((training and i in self.saved) or i in self.state_of or i == self.g.output
-                      or i in s.cross_values or i in self.operands)
-            if (len(users) == 1 and s.segment_of[users[0]] == s.segment_of[i]
-                    and self.g.nodes[users[0]].args.count(i) == 1 and not stored):
-                out.add(i)
-        return out
-
     # -- backward ----------------------------------------------------------------
     def backward_args(self) -> list[str]:
-        s, g = self.s, self.g
-        args = ["t", "lengths", "d_y", "d_x_proj"]
-        args += [f"d_prod_{grp.name}" for grp in s.groups]
-        args += ["d_params"]
-        args += [f"state_{st}" for st in s.states]
-        args += [f"weight_{grp.name}" for grp in s.groups]
-        args += [f"param_{p}" for p in g.vectors]
-        args += [f"saved_{self.stem(i)}" for i in s.saved]
-        args += [f"d_state_{st}" for st in s.states]
-        args += [f"d_cross_{self.stem(i)}" for i in sorted(s.cross_adjoints)]
-        return args
-
-    def state_group(self, st: str):
-        return next((grp for grp in self.s.groups
-                     if grp.kind == "state" and self.g.nodes[grp.operand].attr == st), None)
+        return ["t", "lengths"] + self.backward_arrays() + [f"d_cross_{self.stem(i)}"
+                                                            for i in sorted(self.s.cross_adjoints)]
 
     def state_gemm(self, w, st: str):
         """d_gemm_<s> = d_prod_g[t + 1, b] @ weight_g[:, j]: the part of the adjoint of state s at
@@ -473,11 +312,10 @@ class CudaEmitter:
     def backward(self) -> tuple[list[str], list[str], list[str]]:
         s, g = self.s, self.g
         args = self.backward_args()
-        prev_users = self.prev_contrib_segments()
         top = len(s.segments) - 1
         sources, names = [], []
         for seg in range(top, -1, -1):
-            w = _Writer()
+            w = SourceWriter()
             name = f"backward_seg{seg}_kernel"
             self.kernel_head(w, name, args, [
                 f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)} (run in reverse)",
@@ -499,14 +337,14 @@ class CudaEmitter:
             with w.indent():
                 w("return")
             if seg == top:   # the first launch of step t clears what the step accumulates into
-                for st in s.states:
-                    if len(prev_users[st]) != 1:
-                        w(f"d_state_{st}[t & 1, b, j] = F(0.0)")
+                for st in self.accumulated_states():
+                    w(f"{self.d_state(st, 't & 1')} = F(0.0)")
                 for i in sorted(s.cross_adjoints):
-                    w(f"d_cross_{self.stem(i)}[b, j] = F(0.0)")
+                    w(f"{self.d_cross(i)} = F(0.0)")
             self.backward_padding(w, seg)
-            self.backward_segment(w, seg, prev_users, gemm_states)
-            sources.append("\n".join(w.lines))
+            for line in self.backward_lines(seg):
+                w(line)
+            sources.append(w.text())
             names.append(name)
         return sources, names, args
 
@@ -516,7 +354,7 @@ class CudaEmitter:
         args = ["t"] + [f"d_prod_{grp.name}" for grp in s.groups]
         args += [f"state_{st}" for st in s.states] + [f"weight_{grp.name}" for grp in s.groups]
         args += [f"d_state_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
-        w = _Writer()
+        w = SourceWriter()
         self.kernel_head(w, "backward_initial_kernel", args, ["d_init_<s> [B, H]; launched with t = -1"])
         gemm_states = [st for st in s.states if self.state_group(st) is not None]
         if gemm_states:
@@ -529,111 +367,19 @@ class CudaEmitter:
         for st in s.states:
             gemm = f" + d_gemm_{st}" if st in gemm_states else ""
             w(f"d_init_{st}[b, j] = d_state_{st}[0, b, j]{gemm}")
-        return "\n".join(w.lines), args
+        return w.text(), args
 
     def backward_padding(self, w, seg: int):
-        s = self.s
+        """Past a sequence's end: the plan's zeroed product adjoints; the state adjoints carry d_final
+        (put in slot T & 1 by the runtime) back to step `lengths[b]`."""
         w("if t >= lengths[b]:   # past the end: product adjoints zero, the final adjoint waits")
         with w.indent():
-            for grp in s.groups:
-                if grp.level == seg:
-                    for m in grp.members:
-                        w(f"d_prod_{grp.name}[t, b, {self.block(m)}] = F(0.0)")
+            for line in self.backward_padding_lines(seg):
+                w(line)
             if seg == 0:
-                if s.x_group:
-                    for m in s.x_group.members:
-                        w(f"d_x_proj[t, b, {self.block(m)}] = F(0.0)")
-                for st in s.states:   # carries d_final (put in slot T & 1 by the runtime) back
+                for st in self.s.states:
                     w(f"d_state_{st}[t & 1, b, j] = d_state_{st}[(t + 1) & 1, b, j]")
             w("return")
-
-    def prev_contrib_segments(self) -> dict[str, set[int]]:
-        s, g = self.s, self.g
-        out: dict[str, set[int]] = {st: set() for st in s.states}
-        for n in g.nodes:
-            if n.id in s.live and not n.is_leaf and n.op != "matvec":
-                for a in n.args:
-                    if g.nodes[a].op == "prev":
-                        out[g.nodes[a].attr].add(s.segment_of[n.id])
-        return out
-
-    def backward_segment(self, w, seg: int, prev_users, gemm_states):
-        s, g = self.s, self.g
-        nodes = s.segments[seg]
-        terms: dict[int, list[Expr]] = {i: [] for i in nodes}
-        prev_terms: dict[str, list[Expr]] = {}
-        param_terms: dict[str, list[Expr]] = {}
-        cross_terms: dict[int, list[Expr]] = {}
-        body: list[str] = []
-        loads: dict[str, int] = {}
-
-        def value(i: int) -> Expr:
-            n = g.nodes[i]
-            if n.is_leaf:
-                return self.leaf(i, "t")
-            if i in self.state_of:
-                return _load(f"state_{self.state_of[i]}[t + 1, b, j]")
-            assert i in self.saved, f"backward needs value {g.label(i)} that was not saved"
-            return _load(f"saved_{self.stem(i)}[t, b, j]")
-
-        def value_name(i: int) -> Expr:
-            if g.nodes[i].op in ("const", "param"):
-                return value(i)
-            loads[self.local(i)] = i
-            return Expr.name(self.local(i))
-
-        for i in nodes:
-            if i in self.state_of:
-                st = self.state_of[i]
-                gemm = f" + d_gemm_{st}" if st in gemm_states else ""
-                terms[i].append(_load(f"d_state_{st}[(t + 1) & 1, b, j]{gemm}"))
-            if i == g.output:
-                terms[i].append(_load("d_y[t, b, j]"))
-            if i in s.cross_adjoints:
-                terms[i].append(_load(f"d_cross_{self.stem(i)}[b, j]"))
-            if i in self.operands:
-                terms[i].append(Expr.name(f"d_operand_{self.stem(i)}"))
-
-        for i in reversed(nodes):
-            n = g.nodes[i]
-            if not terms[i]:
-                continue
-            d = "d_" + self.local(i)
-            body.append(f"{d} = {_sum(terms[i]).source()}")
-            if n.op == "matvec":
-                grp = s.group_of[i]
-                target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
-                body.append(f"{target}[t, b, {self.block(i)}] = {d}")
-                continue
-            contribs = adjoint_contributions(n.op, Expr.name(d), [value_name(a) for a in n.args], value_name(i))
-            for a, contrib in zip(n.args, contribs):
-                an = g.nodes[a]
-                contrib = _device_helpers(contrib)
-                if an.op == "const":
-                    continue
-                if an.op == "prev":
-                    prev_terms.setdefault(an.attr, []).append(contrib)
-                elif an.op == "param":
-                    param_terms.setdefault(an.attr, []).append(contrib)
-                elif s.segment_of[a] < seg:
-                    cross_terms.setdefault(a, []).append(contrib)
-                else:
-                    terms[a].append(contrib)
-
-        for st, exprs in prev_terms.items():
-            op = "=" if len(prev_users[st]) == 1 else "+="
-            body.append(f"d_state_{st}[t & 1, b, j] {op} {_sum(exprs).source()}")
-        for p, exprs in param_terms.items():
-            body.append(f"d_params[{self.vec_index[p]}, b, j] += {_sum(exprs).source()}")
-        for a, exprs in cross_terms.items():
-            body.append(f"d_cross_{self.stem(a)}[b, j] += {_sum(exprs).source()}")
-
-        referenced = {n.id for line in body for n in ast.walk(ast.parse(line)) if isinstance(n, ast.Name)}
-        for name in sorted(loads, key=loads.get):
-            if name in referenced:
-                w(f"{name} = {value(loads[name]).source()}")
-        for line in body:
-            w(line)
 
 
 def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
