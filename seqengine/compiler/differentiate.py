@@ -80,6 +80,7 @@ FORWARD: dict[str, Callable[..., Expr]] = {
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
     "neg": lambda a: -a,
+    "copy": lambda a: a,
     **{fn: (lambda fn: lambda *args: Expr.call(fn, *args))(fn) for fn in (
         "sigmoid", "tanh", "exp", "log", "relu", "softplus", "abs", "sqrt", "maximum", "minimum")},
 }
@@ -97,6 +98,7 @@ RULES: dict[str, Callable[..., tuple[Expr, ...]]] = {
     "mul": lambda g, a, b, y: (g * b, g * a),
     "div": lambda g, a, b, y: (g / b, -(g * a) / (b * b)),
     "neg": lambda g, a, y: (-g,),
+    "copy": lambda g, a, y: (g,),
     "sigmoid": lambda g, a, y: (g * (y * (1.0 - y)),),
     "tanh": lambda g, a, y: (g * (1.0 - y * y),),
     "exp": lambda g, a, y: (g * y,),

@@ -21,7 +21,9 @@ FUNCTIONS = {
 BINARY_OPS = ("add", "sub", "mul", "div")
 UNARY_OPS = ("neg",)
 LEAF_OPS = ("x", "prev", "param", "const")
-POINTWISE_OPS = BINARY_OPS + UNARY_OPS + tuple(FUNCTIONS)
+# "copy" is internal: the parser gives a state that would share a node (a copied previous state, two
+# states with one value, a state that is also a product's operand) a node of its own.
+POINTWISE_OPS = BINARY_OPS + UNARY_OPS + tuple(FUNCTIONS) + ("copy",)
 
 
 @dataclass(frozen=True)

@@ -144,21 +144,24 @@ class _Parser:
         if out not in g.names:
             raise self.error(f"output `{out}` is neither a state nor an assigned value", symbol=out,
                              hint=_suggest(out, g.names))
-        g.output = g.names[out]
         self.check_computed_results()
+        g.new_state = {s: g.names[s] for s in cell.state}
+        g.output = g.names[out]
         self.check_param_lists()
         g.params = list(self.free_uses)   # first-use order: the order of rnn.params
         return g
 
     def check_computed_results(self):
-        """States and the output must be values the step computes, one per state.
+        """States and the output must be values the step computes, one node per state.
 
-        A state that is a constant, a parameter or a previous state is never computed by the step, and
-        two states holding one value are one state: both are rejected here (the kernels store each state
-        from the loop that computes it). A product whose operand is a new state is rejected for the same
-        reason: the kernels read new states from the state arrays, not from a computed value.
+        A state that is a constant, a parameter or its own previous value is never computed by the step:
+        an error. A state that copies another's previous value (a delay line), two states with one value,
+        and a state that is also a product's operand each get a node of their own (an internal `copy`),
+        because the kernels store every state from the loop that computes it. An output that is a
+        previous state gets a copy the same way.
         """
         g, cell = self.graph, self.cell
+        operands = {g.nodes[i].args[0] for i in self.products}
         owner: dict[int, str] = {}
         for s in cell.state:
             i, stmt = g.names[s], self.targets[s]
@@ -172,28 +175,18 @@ class _Parser:
             if n.op == "prev" and n.attr == s:
                 raise self.error(f"state `{s}` is never updated (`{s} = {s}_prev`)", stmt.value, symbol=s,
                                  hint="give it a new value, or drop the state")
-            if n.op == "prev":
-                raise self.error(f"state `{s}` only copies `{n.attr}_prev`; the kernels need a computed value",
-                                 stmt.value, symbol=s, hint=f"write `{s} = 1 * {n.attr}_prev` (an explicit copy)")
-            if i in owner:
-                raise self.error(f"states `{owner[i]}` and `{s}` hold the same value", stmt.value, symbol=s,
-                                 hint=f"drop one of them; if both are needed, write `{s} = 1 * {owner[i]}`")
+            while i in owner or i in operands or g.nodes[i].op == "prev":
+                i = g.add("copy", (i,))
             owner[i] = s
+            g.names[s] = i
         out = cell.output_name
-        n = g.nodes[g.output]
-        if n.is_leaf:
-            what = {"const": "a constant", "param": f"the parameter `{n.attr}`",
-                    "prev": f"the previous state `{n.attr}_prev`"}[n.op]
+        n = g.nodes[g.names[out]]
+        if n.op in ("const", "param"):
+            what = f"the constant {n.attr:g}" if n.op == "const" else f"the parameter `{n.attr}`"
             raise self.error(f"output `{out}` is {what}: the output must be computed by the step",
-                             self.targets[out].value, symbol=out,
-                             hint=f"emit an explicit copy: `{out} = 1 * {ast.unparse(self.targets[out].value)}`")
-        for i, node in self.products.items():
-            operand = g.nodes[i].args[0]
-            if operand in owner:
-                s = owner[operand]
-                raise self.error(f"the product `{ast.unparse(node)}` multiplies the new state `{s}`; the kernels "
-                                 "cannot read a new state as an operand yet", node, symbol=s,
-                                 hint=f"multiply a copy: `{g.nodes[i].attr} @ (1 * {s})`")
+                             self.targets[out].value, symbol=out, hint="emit a value the step computes")
+        if n.op == "prev":
+            g.names[out] = g.add("copy", (n.id,))
 
     def check_param_lists(self):
         cell, used = self.cell, self.free_uses

@@ -74,6 +74,21 @@ def test_cell_matches_cpu_float32(name):
     check_all(se.get_cell(name), "float32")
 
 
+# States that share a value get an internal copy node from the parser: a delay line, a new state as a
+# product's operand, a delayed output.
+SHARING = {
+    "delay": dict(state=["h", "c"], equations="h = tanh(W @ x + U @ h_prev + p * c_prev)\nc = h_prev"),
+    "new_state_operand": dict(state=["h", "c"],
+                              equations="c = tanh(W @ x + U @ h_prev + p * c_prev)\nh = tanh(V @ c)"),
+    "delayed_output": dict(state=["h"], equations="h = tanh(W @ x + U @ h_prev)\nout = h_prev", output="out"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARING))
+def test_states_sharing_a_value_match_cpu(name):
+    check_all(se.Cell(name=f"sim_{name}", **SHARING[name]), "float64")
+
+
 @pytest.mark.parametrize("name", ["gru_cho", "peephole"])
 def test_variable_lengths_match_cpu(name):
     check_all(se.get_cell(name), "float64", lengths=np.array([3, 1, 2], np.int64))
