@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.cpu.threads import single_threaded_blas
 from ..checkpoint import CheckpointError
 from ..plugins import UnknownCellError, get_cell
 from .model import SequenceModel
 from .optim import clip_grad_norm, lr_at, make_optimizer
+from .distributed import World, current_world
 from .tasks import Vocabulary, make_task
 
 FORMAT = "seqengine.trainer"
@@ -43,9 +45,11 @@ class TrainingError(RuntimeError):
 
 # task -> defaults for the fields left None in TrainConfig
 TASK_DEFAULTS = {
-    "chars": dict(hidden=512, embed=64, seq_len=128, batch=32, steps=1000, lr=2e-3, clip=1.0,
-                  schedule="cosine", warmup=50, eval_every=100, eval_batches=None),
-    "adding": dict(hidden=128, embed=None, seq_len=100, batch=64, steps=2000, lr=2e-3, clip=1.0,
+    # the 3-minute recipe of benchmarks/RESULTS.md: validation loss <= 1.88 on tiny Shakespeare
+    "chars": dict(hidden=256, embed=64, seq_len=128, batch=32, steps=600, lr=3e-3, clip=1.0,
+                  schedule="cosine", warmup=30, eval_every=100, eval_batches=None),
+    # benchmarks/adding_problem.py: every gated cell solves T = 100 with these, the plain rnn does not
+    "adding": dict(hidden=64, embed=None, seq_len=100, batch=64, steps=3000, lr=1e-2, clip=1.0,
                    schedule="cosine", warmup=0, eval_every=100, eval_batches=None),
     "copy": dict(hidden=128, embed=16, seq_len=None, batch=64, steps=2000, lr=2e-3, clip=1.0,
                  schedule="cosine", warmup=0, eval_every=100, eval_batches=None),
@@ -87,6 +91,8 @@ class TrainConfig:
         for k, v in TASK_DEFAULTS[self.task].items():
             if values[k] is None:
                 values[k] = v
+        if values["corpus"] is not None:   # absolute, so a resumed run finds it from any folder
+            values["corpus"] = os.path.abspath(os.fspath(values["corpus"]))
         if values["seed"] is None:
             values["seed"] = int(np.random.SeedSequence().entropy % 2**31)
         return TrainConfig(**values)
@@ -179,12 +185,14 @@ def _load_params(path, model: SequenceModel, arrays: dict) -> None:
 class Trainer:
     """Runs a `TrainConfig`: task, model, optimizer, data stream; `fit`, `evaluate`, `save`, `resume`."""
 
-    def __init__(self, config: TrainConfig | dict | None = None, out_dir=None):
+    def __init__(self, config: TrainConfig | dict | None = None, out_dir=None, world: World | None = None):
         if config is None:
             config = TrainConfig()
         elif isinstance(config, dict):
             config = TrainConfig(**config)
-        self.config = cfg = config.resolved()
+        # world: the MPI ranks training together (seqengine.train.distributed); found from the environment
+        self.world = current_world() if world is None else world
+        self.config = cfg = self.world.agree_config(config.resolved(), seed_drawn=config.seed is None)
         self.task = make_task(cfg.task, seq_len=cfg.seq_len, delay=cfg.delay, corpus=cfg.corpus)
         self.model = SequenceModel(cfg.cell, input_kind=self.task.input_kind, input_size=self.task.input_size,
                                    output_size=self.task.output_size, hidden_size=cfg.hidden,
@@ -200,6 +208,7 @@ class Trainer:
         self.last_checkpoint: tuple[str, int] | None = None   # (path, step) of the last one written
         self.stop_requested = False              # set (e.g. by a SIGINT handler) to stop after the current step
         self._recent: list[float] = []
+        self.world.attach(self)          # MPI: check the batch, rank 0's parameters
 
     @property
     def checkpoint_path(self) -> str | None:
@@ -216,14 +225,19 @@ class Trainer:
         raises `TrainingError` (the checkpoints on disk are left as they are)."""
         cfg = self.config
         inputs, targets = self.task.train_batch(self.data_rng, cfg.batch)
-        loss = self.model.loss_and_grads(inputs, targets)
+        inputs, targets = self.world.local_batch(inputs, targets, 0 if self.model.last_only else 1)   # MPI: my rows
+        # overflow is not warned about: a non-finite loss or gradient stops training below with a clear message
+        with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
+            loss = self.model.loss_and_grads(inputs, targets)
+        loss = self.world.average_gradients(self.model.grads, loss)   # MPI: global-batch means, one Allreduce
         where = f"at step {self.step + 1}"
         if not math.isfinite(loss):
             self._fail(f"the training loss is {loss} {where}")
         norm = clip_grad_norm(self.model.grads, cfg.clip)
         if not math.isfinite(norm):
             self._fail(f"the gradient norm is {norm} {where} (loss {loss:.4f})")
-        self.optimizer.step(self.model.grads, self.lr())
+        with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
+            self.optimizer.step(self.model.grads, self.lr())
         bad = [k for k, p in self.model.params.items() if not math.isfinite(float(np.sum(p, dtype=np.float64)))]
         if bad:
             self._fail(f"parameters {bad[:3]} became non-finite {where} (loss {loss:.4f}, gradient norm {norm:.3g})")
@@ -246,10 +260,14 @@ class Trainer:
         """Mean loss over the task's evaluation data (every scored position weighs the same)."""
         max_batches = self.config.eval_batches if max_batches is None else max_batches
         total, weight = 0.0, 0
-        for inputs, targets in self.task.eval_batches(self.config.eval_batch, max_batches):
+        for i, (inputs, targets) in enumerate(self.task.eval_batches(self.config.eval_batch, max_batches)):
+            if i % self.world.size != self.world.rank:     # MPI: batches dealt round-robin over the ranks
+                continue
             n = np.asarray(targets).shape[0] * (1 if self.model.last_only else np.asarray(targets).shape[1])
-            total += self.model.evaluate(inputs, targets) * n
+            with single_threaded_blas():
+                total += self.model.evaluate(inputs, targets) * n
             weight += n
+        total, weight = self.world.allreduce_sum([total, weight])
         return total / weight
 
     def _record(self, train_loss: float | None) -> dict:
@@ -257,7 +275,7 @@ class Trainer:
                "train_loss": None if train_loss is None else round(train_loss, 5),
                "val_loss": round(self.evaluate(), 5), "lr": self.lr(max(0, self.step - 1))}
         self.history.append(rec)
-        if self.out_dir:
+        if self.out_dir and self.world.is_root:
             os.makedirs(self.out_dir, exist_ok=True)
             with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -272,6 +290,8 @@ class Trainer:
         from tqdm import tqdm
         cfg = self.config
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        if not self.world.is_root:       # MPI: rank 0 alone reports
+            progress, log = False, None
         rec = None
         if self.step == 0 and cfg.eval_every and not self.history:
             rec = self._record(None)
@@ -282,7 +302,8 @@ class Trainer:
         base, t0 = self.elapsed, time.perf_counter()
         ema = None
         try:
-            while self.step < end and not self.stop_requested:
+            stop = self.world.any(self.stop_requested)     # MPI: every rank stops after the same step
+            while self.step < end and not stop:
                 loss = self.train_step()
                 self._recent.append(loss)
                 ema = loss if ema is None else 0.95 * ema + 0.05 * loss
@@ -295,15 +316,14 @@ class Trainer:
                     self.save()
                 bar.set_postfix_str(f"loss {ema:.4f}" + (f", val {rec['val_loss']:.4f}" if rec else "")
                                     + f", lr {self.lr(self.step - 1):.2e}", refresh=False)
-                if time_limit is not None and self.elapsed >= time_limit:
-                    break
+                stop = self.world.any(self.stop_requested or (time_limit is not None and self.elapsed >= time_limit))
         finally:
             bar.close()
         if not self.history or self.history[-1]["step"] != self.step:
             rec = self._evaluate_now(log, progress, None)
         if self.out_dir and (self.last_checkpoint is None or self.last_checkpoint[1] != self.step):
             self.save()
-        return rec
+        return rec or (self.history[-1] if self.history else None)
 
     def _evaluate_now(self, log, progress, bar):
         train = float(np.mean(self._recent)) if self._recent else None
@@ -335,6 +355,7 @@ class Trainer:
                     "dropout": None if dropout_rng is None else dropout_rng.bit_generator.state},
             "optimizer": self.optimizer.state_dict()[0],
             "history": self.history,
+            "recent_losses": self._recent,      # training losses since the last evaluation (its train_loss)
         }
 
     def save(self, path=None) -> str:
@@ -345,12 +366,12 @@ class Trainer:
         arrays = {"header": np.array(json.dumps(self.header()))}
         arrays.update({"params/" + k: p for k, p in self.model.params.items()})
         arrays.update({"optim/" + k: a for k, a in self.optimizer.state_dict()[1].items()})
-        _write_npz(path, arrays)
+        self.world.on_root(lambda: _write_npz(path, arrays))   # MPI: rank 0 writes; its error reaches all
         self.last_checkpoint = (path, self.step)
         return path
 
     @classmethod
-    def resume(cls, path, out_dir=None, **overrides) -> "Trainer":
+    def resume(cls, path, out_dir=None, world: World | None = None, **overrides) -> "Trainer":
         """The trainer saved at `path`, ready to continue (`fit()`). `out_dir` defaults to the checkpoint's
         folder. `overrides` may change only steps, eval_every, eval_batches, eval_batch, checkpoint_every."""
         allowed = {"steps", "eval_every", "eval_batches", "eval_batch", "checkpoint_every"}
@@ -363,7 +384,7 @@ class Trainer:
         cfg = dict(head["config"])
         cfg.update({k: v for k, v in overrides.items() if v is not None})
         trainer = cls(TrainConfig(**cfg), out_dir=os.path.dirname(os.path.abspath(path)) if out_dir is None
-                      else out_dir)
+                      else out_dir, world=world)
         saved_vocab = head["task"].get("vocab")
         if saved_vocab is not None and saved_vocab != trainer.task.vocab.chars:
             raise CheckpointError(f"{path}: the corpus {cfg['corpus'] or '(shipped tiny Shakespeare)'} no longer "
@@ -373,11 +394,13 @@ class Trainer:
                                                               if k.startswith("optim/")})
         trainer.step, trainer.elapsed = int(head["step"]), float(head["elapsed"])
         trainer.history = list(head["history"])
+        trainer._recent = list(head.get("recent_losses", []))
         trainer.data_rng.bit_generator.state = head["rng"]["data"]
         if head["rng"]["dropout"] is not None and hasattr(trainer.model.rnn, "_dropout_rng"):
             trainer.model.rnn._dropout_rng.bit_generator.state = head["rng"]["dropout"]
         trainer.last_checkpoint = (path, trainer.step)
-        if trainer.out_dir:   # the log keeps only what happened up to the checkpoint
+        trainer.world.broadcast_state(trainer)     # MPI: every rank continues from rank 0's state
+        if trainer.out_dir and trainer.world.is_root:   # the log keeps only what happened up to the checkpoint
             log_path = os.path.join(trainer.out_dir, "log.jsonl")
             os.makedirs(trainer.out_dir, exist_ok=True)
             with open(log_path, "w") as f:
@@ -390,7 +413,8 @@ class Trainer:
         if not hasattr(self.task, "vocab"):
             raise ValueError(f"sampling needs a character model (task 'chars'); this trainer runs {self.config.task!r}")
         from .sampling import sample
-        return sample(self.model, self.task.vocab, prime, length, temperature, seed)
+        with single_threaded_blas():
+            return sample(self.model, self.task.vocab, prime, length, temperature, seed)
 
 
 def vocabulary_of(head: dict) -> Vocabulary:
