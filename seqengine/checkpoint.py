@@ -53,7 +53,15 @@ def save(rnn, path) -> None:
     arrays = {"header": np.array(json.dumps(header(rnn), indent=1))}
     for name, a in rnn.params.items():
         arrays[PARAM_PREFIX + name] = np.ascontiguousarray(a, dtype=rnn.dtype)
+    write_npz_atomic(path, arrays)
+
+
+def write_npz_atomic(path, arrays: dict) -> None:
+    """np.savez to a temporary file beside `path`, fsync, then rename: an interrupted write never
+    leaves a half-written file under the real name."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

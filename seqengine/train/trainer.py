@@ -21,14 +21,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backends.cpu.threads import single_threaded_blas
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, write_npz_atomic
 from ..plugins import UnknownCellError, get_cell
 from .model import SequenceModel
 from .optim import clip_grad_norm, lr_at, make_optimizer
@@ -96,25 +95,6 @@ class TrainConfig:
         if values["seed"] is None:
             values["seed"] = int(np.random.SeedSequence().entropy % 2**31)
         return TrainConfig(**values)
-
-
-def _write_npz(path, arrays: dict) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -366,7 +346,7 @@ class Trainer:
         arrays = {"header": np.array(json.dumps(self.header()))}
         arrays.update({"params/" + k: p for k, p in self.model.params.items()})
         arrays.update({"optim/" + k: a for k, a in self.optimizer.state_dict()[1].items()})
-        self.world.on_root(lambda: _write_npz(path, arrays))   # MPI: rank 0 writes; its error reaches all
+        self.world.on_root(lambda: write_npz_atomic(path, arrays))   # MPI: rank 0 writes; its error reaches all
         self.last_checkpoint = (path, self.step)
         return path
 
