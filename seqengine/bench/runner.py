@@ -97,7 +97,10 @@ class Options:
     impls: tuple[str, ...] = DEFAULT_IMPLS
     repeats: int = 7
     warmup: int = 2
-    settle_s: float = 0.01
+    # OpenBLAS workers spin ~2^28 cycles (~0.1 s) after a call: with a 10 ms gap the NumPy peer's
+    # spinning threads slowed the next implementation by up to 2x (seqengine's LSTM forward at
+    # 100x32x128: 13.9 ms in the grid, 6.0 ms alone)
+    settle_s: float = 0.25
     gemm_n: int = 2048
     compile_cells: tuple[str, ...] = DEFAULT_CELLS
     compile_shape: Shape = DEFAULT_SHAPES[0]
