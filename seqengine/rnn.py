@@ -55,7 +55,9 @@ class RNN:
     (torch's ``weight_ih_l0_reverse``). ``layer_params(k, reverse)`` gives one layer's arrays under plain names.
 
     Attributes: ``params`` {name: array} (matrices [H, in], vectors [H]; C-contiguous, ordered by layer,
-    direction, cell parameter), ``grads`` (same keys, set by each `backward`, not accumulated), ``cell``.
+    direction, cell parameter), ``grads`` (same keys, set by each `backward`, not accumulated), ``cell``,
+    ``dropout_rng`` (the NumPy Generator of the dropout masks; save and restore its
+    ``bit_generator.state`` to resume a run exactly).
     States: {s: [num_layers * num_directions, B, H]}, index layer * num_directions + direction.
     """
 
@@ -91,7 +93,7 @@ class RNN:
                                          self.bidirectional, self.dtype, np.random.default_rng(seed))
         self._shapes = {name: a.shape for name, a in self.params.items()}
         # dropout draws from its own stream, so a given seed gives the same parameters with or without dropout
-        self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        self.dropout_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.grads: dict[str, np.ndarray] = {}
         self._tape = None
         # check_finite (seqengine.finite): stop at the first NaN/Inf, naming its step and value
@@ -241,7 +243,7 @@ class RNN:
         state0 = self.zero_state(B) if state is None else self._check_state("state", state, B)
         params = self._layer_params()
         y, final, tape = layers.forward(self.cell, params, x, state0, self.training,
-                                        lengths=lengths, dropout=self.dropout, rng=self._dropout_rng,
+                                        lengths=lengths, dropout=self.dropout, rng=self.dropout_rng,
                                         backend=self.backend)
         self._tape = tape
         if self.check_finite:   # check_finite: raises seqengine.finite.NonFiniteError

@@ -10,8 +10,8 @@ For each (cell, shape, mode):
 
 One thread pool at a time: torch runs on torch.set_num_threads(all cores), seqengine on its Numba
 threads (BLAS held to one thread inside its kernels), NumPy on its BLAS threads; the calls are
-sequential and separated by a short idle gap (`settle_s`) so spinning OpenMP/BLAS workers of the
-previous implementation have gone to sleep before the next one starts.
+sequential and separated by an idle gap (`settle_s`) so spinning OpenMP/BLAS workers of the
+previous implementation have gone to sleep, then one untimed call that wakes the next one's threads.
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ class Options:
     warmup: int = 2
     # OpenBLAS workers spin ~2^28 cycles (~0.1 s) after a call: with a 10 ms gap the NumPy peer's
     # spinning threads slowed the next implementation by up to 2x (seqengine's LSTM forward at
-    # 100x32x128: 13.9 ms in the grid, 6.0 ms alone)
-    settle_s: float = 0.25
+    # 100x32x128: 13.9 ms in the grid, 6.0 ms alone). A longer idle gap alone made short calls
+    # slower instead (idle cores wake slowly: rnn 100x32x128 forward 1.9 -> 11.9 ms), so each timed
+    # call follows the gap and one untimed call of the same implementation.
+    settle_s: float = 0.12
     gemm_n: int = 2048
     compile_cells: tuple[str, ...] = DEFAULT_CELLS
     compile_shape: Shape = DEFAULT_SHAPES[0]
@@ -190,6 +192,7 @@ def run_case(cell: str, sh: Shape, mode: str, opts: Options, peak_gflops: float 
         order = names[r % len(names):] + names[:r % len(names)] if names else []
         for n in order:
             time.sleep(opts.settle_s)
+            ready[n]()                      # untimed: wakes this implementation's threads
             t0 = time.perf_counter()
             ready[n]()
             times[n].append(time.perf_counter() - t0)

@@ -211,10 +211,10 @@ class MPIWorld(World):
                                    f"at least one sequence per step; use --batch {self.size} or more, or fewer "
                                    f"ranks (mpiexec -n {cfg.batch})")
         rnn = trainer.model.rnn
-        rng = getattr(rnn, "_dropout_rng", None)
+        rng = rnn.dropout_rng
         if rng is not None and not isinstance(rng, _RowSlice):
             lo, hi = self.rows(cfg.batch)
-            rnn._dropout_rng = _RowSlice(rng, lo, hi, cfg.batch)
+            rnn.dropout_rng = _RowSlice(rng, lo, hi, cfg.batch)
         self.broadcast_state(trainer)
 
     # -- per-step collectives ----------------------------------------------------------
@@ -271,7 +271,7 @@ class MPIWorld(World):
             for a in group:
                 a[...] = flat[o:o + a.size].reshape(a.shape)       # in place: the RNN layer shares these
                 o += a.size
-        dropout = getattr(trainer.model.rnn, "_dropout_rng", None)
+        dropout = trainer.model.rnn.dropout_rng
         state = self.comm.bcast(None if not self.is_root else {
             "step": trainer.step, "elapsed": trainer.elapsed, "history": trainer.history,
             "recent": trainer._recent, "optimizer_steps": trainer.optimizer.steps,

@@ -322,7 +322,7 @@ class Trainer:
     def header(self) -> dict:
         from .. import __version__
         cell = self.model.rnn.cell
-        dropout_rng = getattr(self.model.rnn, "_dropout_rng", None)
+        dropout_rng = self.model.rnn.dropout_rng
         return {
             "format": FORMAT, "version": VERSION, "seqengine_version": __version__,
             "config": dataclasses.asdict(self.config),
@@ -376,8 +376,8 @@ class Trainer:
         trainer.history = list(head["history"])
         trainer._recent = list(head.get("recent_losses", []))
         trainer.data_rng.bit_generator.state = head["rng"]["data"]
-        if head["rng"]["dropout"] is not None and hasattr(trainer.model.rnn, "_dropout_rng"):
-            trainer.model.rnn._dropout_rng.bit_generator.state = head["rng"]["dropout"]
+        if head["rng"]["dropout"] is not None:
+            trainer.model.rnn.dropout_rng.bit_generator.state = head["rng"]["dropout"]
         trainer.last_checkpoint = (path, trainer.step)
         trainer.world.broadcast_state(trainer)     # MPI: every rank continues from rank 0's state
         if trainer.out_dir and trainer.world.is_root:   # the log keeps only what happened up to the checkpoint
