@@ -12,7 +12,8 @@ from .cell import Cell, SpecError
 from .hookspecs import hookimpl, hookspec
 from .plugins import PluginError, PluginLoadWarning, UnknownCellError, cells, get_cell, load_plugins
 from .rnn import RNN
-from .checkpoint import load
+from .checkpoint import CheckpointError, load
+from .finite import NonFiniteError
 
 __all__ = ["Cell", "SpecError", "hookimpl", "hookspec", "PluginError", "PluginLoadWarning",
-           "UnknownCellError", "cells", "get_cell", "load_plugins", "RNN", "load", "__version__"]
+           "UnknownCellError", "cells", "get_cell", "load_plugins", "RNN", "load", "CheckpointError", "NonFiniteError", "__version__"]
