@@ -109,6 +109,24 @@ def test_bad_arguments_and_missing_gpu_backend(capsys, tmp_path, monkeypatch):
     assert "unknown cell" in capsys.readouterr().err
     assert main(["--shapes", "10x4", "--out", str(tmp_path)]) == 2
     import sys
+    capsys.readouterr()
     monkeypatch.setitem(sys.modules, "seqengine.backends.cuda", None)       # import fails
     assert main(["--gpu", "--quick", "--out", str(tmp_path)]) == 2
-    assert "CUDA backend is not available" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the CUDA backend cannot run here (ModuleNotFoundError" in err and "seqengine[cuda]" in err
+
+
+def test_gpu_mode_without_a_gpu_names_what_is_missing(capsys, tmp_path):
+    import os
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("the simulator stands in for a GPU")
+    from seqengine.backends.cuda import CudaUnavailableError, require_cuda
+    try:
+        require_cuda()
+    except CudaUnavailableError as e:
+        missing = str(e)
+    else:
+        pytest.skip("a GPU is present")
+    assert main(["--gpu", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "CudaUnavailableError" in err and missing[:40] in err

@@ -104,14 +104,20 @@ def main(argv=None) -> int:
         return 2
     if a.gpu:
         try:
-            import seqengine.backends.cuda  # noqa: F401
-        except ImportError as e:
-            print("seqengine bench --gpu: the CUDA backend is not available "
-                  f"(importing seqengine.backends.cuda failed: {e}). It needs the seqengine CUDA backend "
-                  "package, numba-cuda and an NVIDIA GPU; run without --gpu for the CPU benchmarks.",
-                  file=sys.stderr)
+            from seqengine.backends.cuda import require_cuda
+            require_cuda()
+        except Exception as e:   # ImportError, or CudaUnavailableError naming what is missing
+            print("seqengine bench --gpu: the CUDA backend cannot run here "
+                  f"({type(e).__name__}: {e}). It needs numba-cuda (pip install 'seqengine[cuda]') and an "
+                  "NVIDIA GPU with its driver; run without --gpu for the CPU benchmarks.", file=sys.stderr)
             return 2
         opts.impls = opts.impls + ("seqengine-cuda",)
+        import torch
+        if torch.cuda.is_available():   # the GPU peers: cuDNN layers and the hand-written loops on the GPU
+            opts.impls = opts.impls + ("torch-native-cuda", "torch-loop-cuda")
+        else:
+            print("seqengine bench --gpu: this torch has no CUDA; timing seqengine-cuda without the torch GPU "
+                  "peers (install a CUDA build of torch for them)", file=sys.stderr)
 
     result = runner.run(opts)
     paths = report.write(result, a.out, want_plot=not a.no_plot)

@@ -262,13 +262,18 @@ class SeqengineImpl:
 
 
 class _TorchBase:
+    device = "cpu"   # the *-cuda subclasses run the same code on the GPU (cuDNN for torch.nn.LSTM/GRU)
+
     def __init__(self, cell, params, x, state0, dy):
         import torch
         self.torch = torch
         self.cell = cell
-        self.x = torch.from_numpy(x.copy())
-        self.dy = torch.from_numpy(dy.copy())
-        self.state0 = {s: torch.from_numpy(v.copy()) for s, v in state0.items()}
+        self.x = self._to(x)
+        self.dy = self._to(dy)
+        self.state0 = {s: self._to(v) for s, v in state0.items()}
+
+    def _to(self, a: np.ndarray):
+        return self.torch.from_numpy(a.copy()).to(self.device)
 
     def _leaf(self, t):
         return t.detach().clone().requires_grad_(True)
@@ -283,12 +288,12 @@ class TorchLoopImpl(_TorchBase):
         if cell not in TORCH_CELLS:
             raise Unsupported(f"no hand-written torch version of {cell!r}")
         self.fn = TORCH_CELLS[cell]
-        self.params = {k: self.torch.from_numpy(v.copy()) for k, v in params.items()}
+        self.params = {k: self._to(v) for k, v in params.items()}
 
     def forward(self):
         with self.torch.inference_mode():
             y, final = self.fn(self.torch, self.params, self.x, self.state0)
-        return _outputs(y.numpy(), {s: v.numpy() for s, v in final.items()})
+        return _outputs(y.cpu().numpy(), {s: v.cpu().numpy() for s, v in final.items()})
 
     def train_step(self):
         torch = self.torch
@@ -297,10 +302,10 @@ class TorchLoopImpl(_TorchBase):
         s0 = {s: self._leaf(v) for s, v in self.state0.items()}
         y, final = self.fn(torch, p, x, s0)
         torch.autograd.backward([y], [self.dy])
-        out = _outputs(y.detach().numpy(), {s: v.detach().numpy() for s, v in final.items()})
-        out["dx"] = x.grad.numpy()
-        out.update({f"dstate0_{s}": v.grad.numpy() for s, v in s0.items()})
-        out.update({f"grad_{k}": v.grad.numpy() for k, v in p.items()})
+        out = _outputs(y.detach().cpu().numpy(), {s: v.detach().cpu().numpy() for s, v in final.items()})
+        out["dx"] = x.grad.cpu().numpy()
+        out.update({f"dstate0_{s}": v.grad.cpu().numpy() for s, v in s0.items()})
+        out.update({f"grad_{k}": v.grad.cpu().numpy() for k, v in p.items()})
         return out
 
 
@@ -323,11 +328,11 @@ class TorchNativeImpl(_TorchBase):
         kind, gates, names = _NATIVE[cell]
         T, B, D = x.shape
         H = dy.shape[2]
-        self.module = getattr(torch.nn, kind)(D, H)
+        self.module = getattr(torch.nn, kind)(D, H).to(self.device)
         self.layout = [names(g) for g in gates]          # rows of weight_ih etc., block by block
         with torch.no_grad():
             for slot, k in (("weight_ih_l0", 0), ("weight_hh_l0", 1), ("bias_ih_l0", 2), ("bias_hh_l0", 3)):
-                getattr(self.module, slot).copy_(torch.from_numpy(
+                getattr(self.module, slot).copy_(self._to(
                     np.concatenate([params[n[k]] for n in self.layout], 0)))
         self.H = H
 
@@ -340,7 +345,7 @@ class TorchNativeImpl(_TorchBase):
     def forward(self):
         with self.torch.inference_mode():
             y, hs = self.module(self.x, self._state(self.state0))
-        return _outputs(y.numpy(), {s: v.numpy() for s, v in self._final(hs).items()})
+        return _outputs(y.cpu().numpy(), {s: v.cpu().numpy() for s, v in self._final(hs).items()})
 
     def train_step(self):
         torch = self.torch
@@ -349,12 +354,12 @@ class TorchNativeImpl(_TorchBase):
         s0 = {s: self._leaf(v) for s, v in self.state0.items()}
         y, hs = self.module(x, self._state(s0))
         torch.autograd.backward([y], [self.dy])
-        out = _outputs(y.detach().numpy(), {s: v.detach().numpy() for s, v in self._final(hs).items()})
-        out["dx"] = x.grad.numpy()
-        out.update({f"dstate0_{s}": v.grad.numpy() for s, v in s0.items()})
+        out = _outputs(y.detach().cpu().numpy(), {s: v.detach().cpu().numpy() for s, v in self._final(hs).items()})
+        out["dx"] = x.grad.cpu().numpy()
+        out.update({f"dstate0_{s}": v.grad.cpu().numpy() for s, v in s0.items()})
         H = self.H
         for slot, k in (("weight_ih_l0", 0), ("weight_hh_l0", 1), ("bias_ih_l0", 2), ("bias_hh_l0", 3)):
-            g = getattr(self.module, slot).grad.numpy()
+            g = getattr(self.module, slot).grad.cpu().numpy()
             for blk, n in enumerate(self.layout):
                 out[f"grad_{n[k]}"] = g[blk * H:(blk + 1) * H]
         return out
@@ -384,7 +389,21 @@ class SeqengineCudaImpl(SeqengineImpl):
         super().__init__(cell, params, x, state0, dy, backend="cuda")
 
 
-_CLASSES = {c.name: c for c in (SeqengineImpl, TorchNativeImpl, TorchLoopImpl, NumpyImpl, SeqengineCudaImpl)}
+class TorchNativeCudaImpl(TorchNativeImpl):
+    """--gpu: torch.nn.LSTM / GRU on the GPU (cuDNN); outputs copied back, which synchronises."""
+    name = "torch-native-cuda"
+    device = "cuda"
+
+
+class TorchLoopCudaImpl(TorchLoopImpl):
+    """--gpu: the hand-written torch step loop on the GPU."""
+    name = "torch-loop-cuda"
+    device = "cuda"
+
+
+GPU_IMPLS = ("seqengine-cuda", "torch-native-cuda", "torch-loop-cuda")
+_CLASSES = {c.name: c for c in (SeqengineImpl, TorchNativeImpl, TorchLoopImpl, NumpyImpl, SeqengineCudaImpl,
+                                TorchNativeCudaImpl, TorchLoopCudaImpl)}
 
 
 def make_impl(name, cell, params, x, state0, dy):
@@ -393,9 +412,9 @@ def make_impl(name, cell, params, x, state0, dy):
 
 
 def supports(name: str, cell: str, mode: str) -> bool:
-    if name == "torch-native":
+    if name in ("torch-native", "torch-native-cuda"):
         return cell in _NATIVE
-    if name == "torch-loop":
+    if name in ("torch-loop", "torch-loop-cuda"):
         return cell in TORCH_CELLS
     if name == "numpy":
         return cell in NUMPY_CELLS and mode == "forward"

@@ -125,3 +125,19 @@ def test_functional_dispatch_to_cuda():
     assert_close(y, y0, dtype, "y")
     assert_close(dx, dx0, dtype, "dx")
     assert_close(grads["U"], grads0["U"], dtype, "grad U")
+
+
+def test_benchmark_gpu_mode_checks_and_times_the_cuda_backend(tmp_path):
+    """`seqengine bench --gpu`: seqengine-cuda is checked against the CPU backend, then timed (here on the
+    simulator; the torch GPU peers join when torch has CUDA)."""
+    import json
+
+    from seqengine.bench import main
+    assert main(["--gpu", "--cells", "rnn", "--shapes", "3x2x4", "--modes", "forward,train", "--repeats", "1",
+                 "--warmup", "0", "--no-compile", "--no-memory", "--no-plot", "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "results.json").read_text())["cases"]
+    assert {c["mode"] for c in cases} == {"forward", "train"}
+    for case in cases:
+        cuda_run = case["impls"]["seqengine-cuda"]
+        assert cuda_run["status"] == "ok" and cuda_run["check"]["passed"], case
+        assert cuda_run["check"]["max_rel_err"] < 1e-4
