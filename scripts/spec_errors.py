@@ -43,8 +43,6 @@ EXAMPLES: list[tuple[str, dict]] = [
     ("a matrix also used as a vector", dict(equations="h = tanh(W @ x + W)")),
     ("one matrix, two operand sizes", dict(equations="h = tanh(W @ x + W @ h_prev)")),
     ("a matrix times a constant", dict(equations="h = tanh(W @ 2)")),
-    ("a matrix times a parameter vector", dict(equations="h = tanh(W @ b + U @ h_prev)")),
-    ("a product of a product", dict(equations="h = tanh(U @ (W @ x))")),
     ("a name used before its line", dict(equations="h = tanh(W @ x) * g\ng = sigmoid(U @ h_prev)")),
     ("a cycle", dict(equations="a = tanh(W @ x + b)\nh = a * q\nq = sigmoid(U @ h)")),
     ("a state read before it is assigned", dict(state=["h", "c"], equations="h = tanh(W @ x + c)\nc = sigmoid(U @ h_prev)")),

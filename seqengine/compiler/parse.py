@@ -306,16 +306,10 @@ class _Parser:
         if size == "1":
             raise self.error("the right operand of `@` must be a vector, not a constant", node.right,
                              hint="scale elementwise instead: `2 * b`")
-        if g.nodes[right].op == "param":
-            vec = g.nodes[right].attr
-            raise self.error(f"the right operand of `@` is the parameter vector `{vec}`: `{name} @ {vec}` does not "
-                             "change from step to step", node, symbol=vec,
-                             hint=f"use a bias vector instead (one parameter, `{name}_{vec}`), or multiply a value of the step")
-        if g.nodes[right].op == "matvec":
-            inner = g.label(right) if isinstance(node.right, ast.Name) else ast.unparse(node.right)
-            raise self.error(f"the right operand of `@` is itself a product (`{inner}`)", node, symbol=name,
-                             hint="a product of products is one linear map: use one matrix, e.g. `M @ x`, "
-                                  "or put a function in between: `{} @ tanh(...)`".format(name))
+        if g.nodes[right].op in ("param", "matvec"):
+            # `U @ (V @ x)` (a low-rank factorization) or `W @ b`: the operand becomes a value of the step
+            # of its own (an internal copy), which the schedule multiplies like any intermediate
+            right = g.add("copy", (right,))
         seen = g.matrices.setdefault(name, size)
         if seen != size:
             raise self.error(f"matrix `{name}` multiplies vectors of sizes {seen} and {size}; "

@@ -81,6 +81,7 @@ SHARING = {
     "new_state_operand": dict(state=["h", "c"],
                               equations="c = tanh(W @ x + U @ h_prev + p * c_prev)\nh = tanh(V @ c)"),
     "delayed_output": dict(state=["h"], equations="h = tanh(W @ x + U @ h_prev)\nout = h_prev", output="out"),
+    "products_of_products": dict(state=["h"], equations="h = tanh(U @ (V @ x) + R @ (S @ h_prev) + W @ b)"),
 }
 
 
