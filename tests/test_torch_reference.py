@@ -262,6 +262,24 @@ def _problem(D, H, T, B, seed, dtype):
 TOL = {np.float64: (1e-10, 1e-10), np.float32: (1e-5, 1e-5)}
 
 
+def _copy_torch_weights(module, rnn, gates):
+    """torch's stacked weight_ih/hh and bias_ih/hh rows, gate block by gate block, into W_g, U_g, b_ig, b_hg."""
+    H = rnn.hidden_size
+    stacks = [getattr(module, n).detach().numpy() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    for k, g in enumerate(gates):
+        for prefix, a in zip(("W_", "U_", "b_i", "b_h"), stacks):
+            rnn.params[prefix + g] = a[k * H:(k + 1) * H].copy()
+
+
+def _assert_torch_grads(module, rnn, gates, rtol, atol, what):
+    """Every parameter gradient of seqengine against torch's, gate block by gate block."""
+    H = rnn.hidden_size
+    for name, prefix in (("weight_ih_l0", "W_"), ("weight_hh_l0", "U_"), ("bias_ih_l0", "b_i"), ("bias_hh_l0", "b_h")):
+        grad = getattr(module, name).grad.numpy()
+        for k, g in enumerate(gates):
+            assert_close(rnn.grads[prefix + g], grad[k * H:(k + 1) * H], rtol, atol, f"{what} d{prefix}{g}")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_lstm_vs_torch_nn_lstm(dtype):
     D, H, T, B = 3, 5, 5, 3
@@ -271,14 +289,7 @@ def test_lstm_vs_torch_nn_lstm(dtype):
     lstm = torch.nn.LSTM(D, H).to(tdt)
     rnn = se.RNN("lstm", D, H, dtype=dtype)
     gates = "ifgo"   # torch's gate order of the stacked weights
-    w_ih, w_hh = lstm.weight_ih_l0.detach().numpy(), lstm.weight_hh_l0.detach().numpy()
-    b_ih, b_hh = lstm.bias_ih_l0.detach().numpy(), lstm.bias_hh_l0.detach().numpy()
-    for k, g in enumerate(gates):
-        rows = slice(k * H, (k + 1) * H)
-        rnn.params[f"W_{g}"] = w_ih[rows].copy()
-        rnn.params[f"U_{g}"] = w_hh[rows].copy()
-        rnn.params[f"b_i{g}"] = b_ih[rows].copy()
-        rnn.params[f"b_h{g}"] = b_hh[rows].copy()
+    _copy_torch_weights(lstm, rnn, gates)
     assert set(rnn.params) == {f"{p}_{g}" for p in "WU" for g in gates} | {f"b_{s}{g}" for s in "ih" for g in gates}
     x, h0, c0, dy, dh, dc = _problem(D, H, T, B, 1, dtype)
     y_t, hn_t, cn_t, tx, th0, tc0 = _torch_module_run(lstm, x, h0, c0, dy, dh, dc)
@@ -292,14 +303,7 @@ def test_lstm_vs_torch_nn_lstm(dtype):
     assert_close(dx, tx.grad.numpy(), rtol, atol, "lstm dx")
     assert_close(dstate0["h"], th0.grad.numpy(), rtol, atol, "lstm dh0")
     assert_close(dstate0["c"], tc0.grad.numpy(), rtol, atol, "lstm dc0")
-    gw_ih, gw_hh = lstm.weight_ih_l0.grad.numpy(), lstm.weight_hh_l0.grad.numpy()
-    gb_ih, gb_hh = lstm.bias_ih_l0.grad.numpy(), lstm.bias_hh_l0.grad.numpy()
-    for k, g in enumerate(gates):
-        rows = slice(k * H, (k + 1) * H)
-        assert_close(rnn.grads[f"W_{g}"], gw_ih[rows], rtol, atol, f"lstm dW_{g}")
-        assert_close(rnn.grads[f"U_{g}"], gw_hh[rows], rtol, atol, f"lstm dU_{g}")
-        assert_close(rnn.grads[f"b_i{g}"], gb_ih[rows], rtol, atol, f"lstm db_i{g}")
-        assert_close(rnn.grads[f"b_h{g}"], gb_hh[rows], rtol, atol, f"lstm db_h{g}")
+    _assert_torch_grads(lstm, rnn, gates, rtol, atol, "lstm")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
@@ -311,14 +315,7 @@ def test_gru_vs_torch_nn_gru(dtype):
     gru = torch.nn.GRU(D, H).to(tdt)
     rnn = se.RNN("gru", D, H, dtype=dtype)
     gates = "rzn"
-    w_ih, w_hh = gru.weight_ih_l0.detach().numpy(), gru.weight_hh_l0.detach().numpy()
-    b_ih, b_hh = gru.bias_ih_l0.detach().numpy(), gru.bias_hh_l0.detach().numpy()
-    for k, g in enumerate(gates):
-        rows = slice(k * H, (k + 1) * H)
-        rnn.params[f"W_{g}"] = w_ih[rows].copy()
-        rnn.params[f"U_{g}"] = w_hh[rows].copy()
-        rnn.params[f"b_i{g}"] = b_ih[rows].copy()
-        rnn.params[f"b_h{g}"] = b_hh[rows].copy()
+    _copy_torch_weights(gru, rnn, gates)
     assert set(rnn.params) == {f"{p}_{g}" for p in "WU" for g in gates} | {f"b_{s}{g}" for s in "ih" for g in gates}
     x, h0, _, dy, dh, _ = _problem(D, H, T, B, 2, dtype)
     y_t, hn_t, _, tx, th0, _ = _torch_module_run(gru, x, h0, None, dy, dh, None)
@@ -329,14 +326,7 @@ def test_gru_vs_torch_nn_gru(dtype):
     assert_close(fin["h"], hn_t.detach().numpy(), rtol, atol, "gru h_n")
     assert_close(dx, tx.grad.numpy(), rtol, atol, "gru dx")
     assert_close(dstate0["h"], th0.grad.numpy(), rtol, atol, "gru dh0")
-    gw_ih, gw_hh = gru.weight_ih_l0.grad.numpy(), gru.weight_hh_l0.grad.numpy()
-    gb_ih, gb_hh = gru.bias_ih_l0.grad.numpy(), gru.bias_hh_l0.grad.numpy()
-    for k, g in enumerate(gates):
-        rows = slice(k * H, (k + 1) * H)
-        assert_close(rnn.grads[f"W_{g}"], gw_ih[rows], rtol, atol, f"gru dW_{g}")
-        assert_close(rnn.grads[f"U_{g}"], gw_hh[rows], rtol, atol, f"gru dU_{g}")
-        assert_close(rnn.grads[f"b_i{g}"], gb_ih[rows], rtol, atol, f"gru db_i{g}")
-        assert_close(rnn.grads[f"b_h{g}"], gb_hh[rows], rtol, atol, f"gru db_h{g}")
+    _assert_torch_grads(gru, rnn, gates, rtol, atol, "gru")
 
 
 def test_rnn_vs_torch_nn_rnn():
