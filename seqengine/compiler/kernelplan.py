@@ -310,11 +310,12 @@ class KernelPlan:
         """Whether backward stores the x products' adjoints (else an in-loop group's d_prod holds them)."""
         return self.s.x_group is not None and not (self.share_x_adjoint and self.s.x_shares_adjoint_with)
 
-    def backward_arrays(self) -> list[str]:
-        """The arrays of a backward step kernel every backend passes, in order; backends add their scratch."""
+    def backward_arrays(self, weight: str = "weight") -> list[str]:
+        """The arrays of a backward step kernel every backend passes, in order (weights named
+        `<weight>_<g>`, laid out by the backend); backends add their scratch."""
         s = self.s
         args = ["d_y", "d_x_proj"] + [f"d_prod_{grp.name}" for grp in s.groups] + ["d_params"]
-        args += [f"state_{st}" for st in s.states] + [f"weight_{grp.name}" for grp in s.groups]
+        args += [f"state_{st}" for st in s.states] + [f"{weight}_{grp.name}" for grp in s.groups]
         args += [f"param_{p}" for p in self.g.vectors]
         args += [self.saved_array(i) for i in s.saved]
         return args + [f"d_state_{st}" for st in s.states]

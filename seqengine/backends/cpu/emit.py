@@ -3,8 +3,8 @@
 Kernel strategy (see docs/ARCHITECTURE.md): the batch is split into chunks of
 rows, one per Numba thread (``prange``). Each thread owns its rows for all T
 steps, so steps need no synchronisation; its per-step recurrent products are
-single-threaded GEMMs (``np.dot(a, b, out)``, BLAS limited to one thread by
-the caller). Within a step, each segment's pointwise work is one fused loop
+one-thread register-tiled GEMMs (``gemm_nt(a, b, out)`` = a @ b^T, from
+``tiles.py``: weights read along their rows, no packing per step). Within a step, each segment's pointwise work is one fused loop
 over (row, hidden unit). Hoisted and deferred GEMMs run outside the kernels.
 
 Generated kernels (one module per cell and dtype):
@@ -17,7 +17,8 @@ Generated kernels (one module per cell and dtype):
 Array names in the kernels (all C-contiguous; shapes in the header comments):
 ``x_proj`` [T, B, Gx*H] products with x; ``state_<s>`` [T+1, B, H] (train) or
 [2, B, H] (infer); ``param_<p>`` [H]; ``saved_<v>`` [T, B, H];
-``weight_<g>`` [k*H, in] stacked matrices (forward multiplies by its transpose, a BLAS flag);
+``weight_<g>`` [k*H, in] stacked matrices (forward: prod = operand @ weight^T);
+``weight_t_<g>`` [in, k*H] their transpose (backward: d_operand = d_prod @ weight = d_prod @ weight_t^T);
 ``prod_<g>`` [NC, BC, k*H] per-thread products; ``value_<v>`` [NC, BC, H]
 per-thread values crossing segments.
 """
@@ -28,6 +29,7 @@ from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
 from ...compiler.kernelplan import KernelPlan, SourceWriter, load
 from ...compiler.schedule import Schedule
+from . import tiles
 
 FASTMATH = '{"nsz", "arcp", "contract", "afn", "reassoc"}'   # keeps NaN/Inf semantics
 # error_model="numpy": no ZeroDivisionError check per division, which would keep loops scalar
@@ -84,7 +86,7 @@ class CpuEmitter(KernelPlan):
         return HELPER_NAME.get(fn, fn)
 
     def product(self, i: int, seg: int, training: bool) -> Expr:
-        """From the chunk's products of this step (np.dot's output), whichever segment reads it."""
+        """From the chunk's products of this step (gemm_nt's output), whichever segment reads it."""
         return load(f"prod_{self.s.group_of[i].name}[c, r, {self.block(i)}]")
 
     def d_gemm(self, st: str) -> Expr:
@@ -119,7 +121,7 @@ class CpuEmitter(KernelPlan):
                         if grp.level != seg:
                             continue
                         op = self.operand_rows(grp, training)
-                        w(f"np.dot({op}, weight_{grp.name}.T, prod_{grp.name}[c, :b1 - b0])"
+                        w(f"gemm_nt({op}, weight_{grp.name}, prod_{grp.name}[c, :b1 - b0], False)"
                           f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
                     self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training))
         self.driver(w, name, args)
@@ -162,7 +164,7 @@ class CpuEmitter(KernelPlan):
         for a in args:
             if a.startswith("state_"):
                 shapes[a] = "[T + 1, B, H]" if training else "[2, B, H] (slot t & 1 holds step t)"
-            elif a.startswith("weight_"):
+            elif a.startswith("weight_") and not a.startswith("weight_t_"):
                 grp = next(g for g in s.groups if a.endswith(g.name))
                 shapes[a] = f"[{len(grp.members)}*H, in] = [{'; '.join(grp.matrices)}]"
             elif a.startswith("param_"):
@@ -182,7 +184,7 @@ class CpuEmitter(KernelPlan):
     def backward(self) -> tuple[str, list[str]]:
         s, g, w = self.s, self.g, SourceWriter()
 
-        args = ["chunks", "lengths"] + self.backward_arrays()
+        args = ["chunks", "lengths"] + self.backward_arrays("weight_t")
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
         gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
         args += [f"d_gemm_{st}" for st in gemm_states]
@@ -221,7 +223,7 @@ class CpuEmitter(KernelPlan):
                             target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
                         else:
                             target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0]"
-                        w(f"np.dot(d_prod_{grp.name}[t, b0:b1], weight_{grp.name}, {target})"
+                        w(f"gemm_nt(d_prod_{grp.name}[t, b0:b1], weight_t_{grp.name}, {target}, False)"
                           f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
             w("for b in range(b0, b1):")
             with w.indent():
@@ -256,7 +258,8 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
     fast = {fn: FAST32[fn] for fn in used if fn in FAST32} if dtype == "float32" else {}
     header = f"{doc}\n\nfloat32 exp/tanh/sigmoid: seqengine.backends.cpu.fastmath {_fastmath_digest()}" if fast else doc
     parts = [f'"""seqengine CPU kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{header}\n"""',
-             "import math", "", "import numpy as np", "from numba import njit, prange", ""]
+             "import math", "", "import numpy as np", "from numba import njit, prange", "",
+             f"from seqengine.backends.cpu.tiles import gemm_nt   # tiles {tiles.SOURCE_HASH}", ""]
     if fast:
         parts.append("from seqengine.backends.cpu.fastmath import "
                      + ", ".join(f"{src} as {fn}" for fn, src in sorted(fast.items())))

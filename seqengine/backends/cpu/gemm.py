@@ -1,14 +1,17 @@
-"""The hoisted and deferred GEMMs, parallel over Numba threads with single-threaded BLAS.
+"""The hoisted and deferred GEMMs, parallel over Numba threads, on the register-tiled kernel.
 
 The time-loop kernels use Numba's thread pool; a multithreaded BLAS for the big
 GEMMs before and after them is a second pool, whose threads still spin when the
 kernel starts (and the kernel's when BLAS starts). On 2 cores the full
 forward+backward of an LSTM at (T, B, H) = (200, 8, 64) took 108 ms with BLAS
 threads and 25 ms with BLAS at one thread. So every GEMM here splits its rows
-over Numba threads, each calling one-thread BLAS on a contiguous block.
+over Numba threads, each running the one-thread tile kernel of `tiles.py`
+(which also beats one-thread OpenBLAS on this machine: 149-189 vs 119-126
+GFLOP/s at these sizes) on a contiguous block.
 
-    rows(A [M, K], B [K, N], out [M, N])            out = A @ B
-    tn(A [M, K1], B [M, K2], out [K1, K2], scratch)  out = A^T @ B  (M split, partial sums added)
+    nt(A [M, K], Bt [N, K]) -> [M, N]          A @ Bt^T        (rows of A split)
+    rows(A [M, K], B [K, N]) -> [M, N]         A @ B           (nt on B^T)
+    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (M split; partial sums added)
 """
 
 from __future__ import annotations
@@ -17,31 +20,53 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .tiles import gemm_nt
+
+# tn transposes this many rows of A and B at a time into per-thread scratch (the tile kernel
+# reads both operands along the summed index): long enough that the tiles' final sums are rare.
+TN_BLOCK = 256
+
 
 @njit(parallel=True, cache=True)
-def _rows(A, B, out, n_blocks):
+def _nt(A, Bt, out, n_blocks):
     M = A.shape[0]
     for c in prange(n_blocks):
         r0 = c * M // n_blocks
         r1 = (c + 1) * M // n_blocks
         if r1 > r0:
-            np.dot(A[r0:r1], B, out[r0:r1])
+            gemm_nt(A[r0:r1], Bt, out[r0:r1], False)
+
+
+@njit(cache=True)
+def _tn_rows(A, B, r0, r1, out, At, Bt):
+    """out [K1, K2] = A[r0:r1]^T @ B[r0:r1], TN_BLOCK rows at a time through At [K1, TN_BLOCK], Bt [K2, TN_BLOCK]."""
+    K1 = A.shape[1]
+    K2 = B.shape[1]
+    first = True
+    for m0 in range(r0, r1, TN_BLOCK):
+        m1 = min(m0 + TN_BLOCK, r1)
+        n = m1 - m0
+        for k in range(K1):
+            for m in range(n):
+                At[k, m] = A[m0 + m, k]
+        for k in range(K2):
+            for m in range(n):
+                Bt[k, m] = B[m0 + m, k]
+        gemm_nt(At[:, :n], Bt[:, :n], out, not first)
+        first = False
+    if first:
+        out[:, :] = 0
 
 
 @njit(parallel=True, cache=True)
-def _tn(A, B, scratch):
+def _tn(A, B, partial, At, Bt):
     M = A.shape[0]
-    n_blocks = scratch.shape[0]
+    n_blocks = partial.shape[0]
     for c in prange(n_blocks):
-        r0 = c * M // n_blocks
-        r1 = (c + 1) * M // n_blocks
-        if r1 > r0:
-            np.dot(A[r0:r1].T, B[r0:r1], scratch[c])
-        else:
-            scratch[c, :, :] = 0
+        _tn_rows(A, B, c * M // n_blocks, (c + 1) * M // n_blocks, partial[c], At[c], Bt[c])
 
 
-# Below this many multiply-adds one BLAS call (one thread) beats waking the Numba pool.
+# Below this many multiply-adds one thread beats waking the Numba pool.
 SERIAL_WORK = 2_000_000
 
 
@@ -49,31 +74,39 @@ def _blocks(rows: int, work: float) -> int:
     return 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), rows))
 
 
-def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A [M, K] @ B [K, N] -> out [M, N] (A and out C-contiguous; B C- or F-contiguous)."""
+def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous)."""
     if out is None:
-        out = np.empty((A.shape[0], B.shape[1]), A.dtype)
+        out = np.empty((A.shape[0], Bt.shape[0]), A.dtype)
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
-        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * B.shape[1])
+        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * Bt.shape[0])
         if n == 1:
-            np.matmul(A, B, out=out)
+            gemm_nt(A, Bt, out, False)
         else:
-            if not (B.flags.c_contiguous or B.flags.f_contiguous):
-                B = np.ascontiguousarray(B)
-            _rows(A, B, out, n)   # B may be a transposed view: BLAS takes it as is
+            _nt(A, Bt, out, n)
     return out
+
+
+def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A [M, K] @ B [K, N] -> out [M, N]; B may be a transposed view (then nothing is copied)."""
+    return nt(A, np.ascontiguousarray(B.T), out)
 
 
 def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A [M, K1]^T @ B [M, K2] -> [K1, K2]: per-thread partial products over row blocks, then summed."""
-    n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * B.shape[1])
+    M, K1 = A.shape
+    K2 = B.shape[1]
+    A = np.ascontiguousarray(A)
+    B = np.ascontiguousarray(B)
+    n = _blocks(M, float(M) * K1 * K2)
+    partial = np.empty((n, K1, K2), A.dtype)
+    block = min(TN_BLOCK, max(M, 1))
+    At = np.empty((n, K1, block), A.dtype)
+    Bt = np.empty((n, K2, block), A.dtype)
     if n == 1:
-        return A.T @ B
-    scratch = np.empty((n, A.shape[1], B.shape[1]), A.dtype)
-    if A.shape[1] and B.shape[1]:
-        _tn(A, B, scratch)
-    else:
-        scratch[:] = 0
-    return scratch[0] if n == 1 else scratch.sum(axis=0)
+        _tn_rows(A, B, 0, M, partial[0], At[0], Bt[0])
+        return partial[0]
+    _tn(A, B, partial, At, Bt)
+    return partial.sum(axis=0)

@@ -182,7 +182,7 @@ class CpuKernels:
             a[f"d_state_{st}"] = np.empty((2, nc, bc, H), dt)
         for grp in s.groups:
             a[f"d_prod_{grp.name}"] = np.empty((T, B, len(grp.members) * H), dt)
-            a[f"weight_{grp.name}"] = self._stack(params, grp.matrices)
+            a[f"weight_t_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)   # [in, k*H]
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
         else:                                     # backward never reads the x products: reuse their memory
