@@ -20,11 +20,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import workspace
 from .tiles import gemm_nt
 
 # tn transposes this many rows of A and B at a time into per-thread scratch (the tile kernel
 # reads both operands along the summed index): long enough that the tiles' final sums are rare.
-TN_BLOCK = 256
+TN_BLOCK = 512
 
 
 @njit(parallel=True, cache=True)
@@ -87,7 +88,7 @@ def _blocks(rows: int, work: float) -> int:
 def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous)."""
     if out is None:
-        out = np.empty((A.shape[0], Bt.shape[0]), A.dtype)
+        out = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype)
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
@@ -111,12 +112,12 @@ def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     A = np.ascontiguousarray(A)
     B = np.ascontiguousarray(B)
     n = _blocks(M, float(M) * K1 * K2)
-    partial = np.empty((n, K1, K2), A.dtype)
+    partial = workspace.empty((n, K1, K2), A.dtype)
     block = min(TN_BLOCK, max(M, 1))
-    At = np.empty((n, K1 * block), A.dtype)
-    Bt = np.empty((n, K2 * block), A.dtype)
+    At = workspace.empty((n, K1 * block), A.dtype)
+    Bt = workspace.empty((n, K2 * block), A.dtype)
     if n == 1:
         _tn_rows(A, B, 0, M, partial[0], At[0], Bt[0])
         return partial[0]
     _tn(A, B, partial, At, Bt)
-    return partial.sum(axis=0)
+    return np.sum(partial, axis=0, out=workspace.empty((K1, K2), A.dtype))

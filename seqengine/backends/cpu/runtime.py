@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ...compiler.schedule import Schedule
-from . import gemm
+from . import gemm, workspace
 from .threads import single_threaded_blas
 
 
@@ -94,14 +94,14 @@ class CpuKernels:
             return cache[key]
         s, dt = self.sched, self.dtype
         gx = len(s.x_group.members) if s.x_group else 0
-        arrays = {"x_proj": np.empty((T, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
+        arrays = {"x_proj": workspace.empty((T, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
         for st in s.states:
-            arrays[f"state_{st}"] = np.empty((T + 1 if training else 2, B, H), dt)
+            arrays[f"state_{st}"] = workspace.empty((T + 1 if training else 2, B, H), dt)
         for grp in s.groups:
-            arrays[f"prod_{grp.name}"] = np.empty((nc, bc, len(grp.members) * H), dt)
+            arrays[f"prod_{grp.name}"] = workspace.empty((nc, bc, len(grp.members) * H), dt)
         for name in self.arg_names["forward_train" if training else "forward_infer"]:
             if name.startswith("saved_"):
-                arrays[name] = np.empty((T, B, H), dt)
+                arrays[name] = workspace.empty((T, B, H), dt)
             elif name.startswith("value_"):
                 arrays[name] = np.empty((nc, bc, H), dt)
         if not training:
@@ -144,7 +144,7 @@ class CpuKernels:
             arrays[f"param_{p}"] = params[p]
         kernel = "forward_train" if training else "forward_infer"
         if "y" in self.arg_names[kernel]:
-            arrays["y"] = np.empty((T, B, H), dt)                       # an output: always fresh
+            arrays["y"] = workspace.empty((T, B, H), dt)                # an output: always a new array
         self._launch(kernel, arrays, chunks)
 
         out = s.graph.output
@@ -178,10 +178,10 @@ class CpuKernels:
         a["d_y"] = dy
         for st in s.states:
             a[f"d_final_{st}"] = dfinal[st]
-            a[f"d_init_{st}"] = np.empty((B, H), dt)
+            a[f"d_init_{st}"] = workspace.empty((B, H), dt)
             a[f"d_state_{st}"] = np.empty((2, nc, bc, H), dt)
         for grp in s.groups:
-            a[f"d_prod_{grp.name}"] = np.empty((T, B, len(grp.members) * H), dt)
+            a[f"d_prod_{grp.name}"] = workspace.empty((T, B, len(grp.members) * H), dt)
             a[f"weight_t_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)   # [in, k*H]
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
@@ -191,7 +191,7 @@ class CpuKernels:
         for name in self.arg_names["backward"]:
             if name.startswith(("d_gemm_", "d_cross_", "d_operand_")):
                 a[name] = np.empty((nc, bc, H), dt)
-        grads = {name: np.zeros_like(p) for name, p in params.items()}
+        grads = {name: workspace.zeros(p.shape, p.dtype) for name, p in params.items()}
         self._launch("backward", a, chunks)
         with single_threaded_blas():
             d_x_proj = a["d_x_proj"].reshape(T * B, -1)                  # [T*B, Gx*H]
@@ -200,7 +200,7 @@ class CpuKernels:
                 self._scatter(grads, s.x_group.matrices, gemm.tn(d_x_proj, x2), H)
                 dx = gemm.rows(d_x_proj, self._x_weights(params)).reshape(T, B, D)
             else:
-                dx = np.zeros_like(x)
+                dx = workspace.zeros(x.shape, x.dtype)
             for grp in s.groups:
                 if grp.kind == "state":
                     operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1

@@ -27,7 +27,8 @@ import hashlib
 from ...compiler.cache import load_generated_module
 
 MR, NR = 4, 4          # tile rows (of A) x tile columns (rows of B)
-ROW_BLOCK = 64         # rows of A swept per pass over B (64 x K floats stay in L2)
+ROW_BLOCK = 64         # rows of A swept per pass over B (64 x K_BLOCK floats stay in L2)
+K_BLOCK = 512          # summed index split in blocks: MR + NR rows of K_BLOCK floats fit L1 (48 KB)
 
 # reassociation lets LLVM vectorize the k reductions; no "nnan"/"ninf": NaN and inf must propagate
 _FASTMATH = '{"reassoc", "contract"}'
@@ -36,11 +37,12 @@ _FASTMATH = '{"reassoc", "contract"}'
 def _tile(mr: int, nr: int, i0: str, j0: str, indent: str) -> list[str]:
     """Source of one mr x nr tile at rows i0.., columns j0..: accumulate over k, then store."""
     lines = [f"{indent}s{r}_{c} = np.float32(0.0)" for r in range(mr) for c in range(nr)]
-    lines.append(f"{indent}for k in range(K):")
+    lines.append(f"{indent}for kk in range(k1 - k0):")
+    lines.append(f"{indent}    k = k0 + kk")
     lines += [f"{indent}    a{r} = A[{i0} + {r}, k]" for r in range(mr)]
     lines += [f"{indent}    b{c} = B[{j0} + {c}, k]" for c in range(nr)]
     lines += [f"{indent}    s{r}_{c} += a{r} * b{c}" for r in range(mr) for c in range(nr)]
-    lines.append(f"{indent}if accumulate:")
+    lines.append(f"{indent}if add:")
     lines += [f"{indent}    C[{i0} + {r}, {j0} + {c}] += s{r}_{c}" for r in range(mr) for c in range(nr)]
     lines.append(f"{indent}else:")
     lines += [f"{indent}    C[{i0} + {r}, {j0} + {c}] = s{r}_{c}" for r in range(mr) for c in range(nr)]
@@ -61,19 +63,22 @@ def generate_source() -> str:
         "    M, K = A.shape",
         "    N = B.shape[0]",
         f"    N_full = N - N % {NR}",
-        f"    for i_blk in range(0, M, {ROW_BLOCK}):",
-        f"        i_end = min(i_blk + {ROW_BLOCK}, M)",
-        f"        i_full = i_blk + (i_end - i_blk) // {MR} * {MR}",
-        f"        for j0 in range(0, N_full, {NR}):",
-        f"            for i0 in range(i_blk, i_full, {MR}):",
-        *_tile(MR, NR, "i0", "j0", " " * 16),
-        "            for i0 in range(i_full, i_end):",
-        *_tile(1, NR, "i0", "j0", " " * 16),
-        "        for j0 in range(N_full, N):",
-        f"            for i0 in range(i_blk, i_full, {MR}):",
-        *_tile(MR, 1, "i0", "j0", " " * 16),
-        "            for i0 in range(i_full, i_end):",
-        *_tile(1, 1, "i0", "j0", " " * 16),
+        f"    for k0 in range(0, max(K, 1), {K_BLOCK}):",
+        f"        k1 = min(k0 + {K_BLOCK}, K)",
+        "        add = accumulate or k0 > 0",
+        f"        for i_blk in range(0, M, {ROW_BLOCK}):",
+        f"            i_end = min(i_blk + {ROW_BLOCK}, M)",
+        f"            i_full = i_blk + (i_end - i_blk) // {MR} * {MR}",
+        f"            for j0 in range(0, N_full, {NR}):",
+        f"                for i0 in range(i_blk, i_full, {MR}):",
+        *_tile(MR, NR, "i0", "j0", " " * 20),
+        "                for i0 in range(i_full, i_end):",
+        *_tile(1, NR, "i0", "j0", " " * 20),
+        "            for j0 in range(N_full, N):",
+        f"                for i0 in range(i_blk, i_full, {MR}):",
+        *_tile(MR, 1, "i0", "j0", " " * 20),
+        "                for i0 in range(i_full, i_end):",
+        *_tile(1, 1, "i0", "j0", " " * 20),
         "",
     ]
     return "\n".join(w)
