@@ -11,7 +11,8 @@ GFLOP/s at these sizes) on a contiguous block.
 
     nt(A [M, K], Bt [N, K]) -> [M, N]          A @ Bt^T        (rows of A split)
     rows(A [M, K], B [K, N]) -> [M, N]         A @ B           (nt on B^T)
-    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (M split; partial sums added)
+    tn(A [M, K1], B [M, K2], ...) -> [K1, K2]  A^T @ B         (M split; partial sums added; one
+                                                               transpose of A for several Bs)
 """
 
 from __future__ import annotations
@@ -51,30 +52,33 @@ def _transpose_rows(A, m0, n, a_t):
 
 
 @njit(cache=True)
-def _tn_rows(A, B, r0, r1, out, At, Bt):
-    """out [K1, K2] = A[r0:r1]^T @ B[r0:r1], TN_BLOCK rows at a time transposed into the flat
-    scratch At [K1 * TN_BLOCK], Bt [K2 * TN_BLOCK] (reshaped, so the tile kernel sees C-contiguous rows)."""
+def _tn_rows(A, Bs, r0, r1, outs, c, At, Bts):
+    """outs[q][c] [K1, K2q] = A[r0:r1]^T @ Bs[q][r0:r1] for each q, TN_BLOCK rows at a time transposed into
+    the flat scratch At [K1 * TN_BLOCK], Bts[q][c] [K2q * TN_BLOCK] (reshaped, so the tile kernel sees
+    C-contiguous rows); A's block is transposed once for all the Bs."""
     K1 = A.shape[1]
-    K2 = B.shape[1]
     first = True
     for m0 in range(r0, r1, TN_BLOCK):
         n = min(m0 + TN_BLOCK, r1) - m0
         a_t = At[:K1 * n].reshape((K1, n))                       # [K1, n] = A[m0:m0+n]^T
-        b_t = Bt[:K2 * n].reshape((K2, n))                       # [K2, n] = B[m0:m0+n]^T
         _transpose_rows(A, m0, n, a_t)
-        _transpose_rows(B, m0, n, b_t)
-        gemm_nt(a_t, b_t, out, not first)
+        for q in range(len(Bs)):
+            K2 = Bs[q].shape[1]
+            b_t = Bts[q][c, :K2 * n].reshape((K2, n))            # [K2, n] = B[m0:m0+n]^T
+            _transpose_rows(Bs[q], m0, n, b_t)
+            gemm_nt(a_t, b_t, outs[q][c], not first)
         first = False
     if first:
-        out[:, :] = 0
+        for q in range(len(Bs)):
+            outs[q][c, :, :] = 0
 
 
 @njit(parallel=True, cache=True)
-def _tn(A, B, partial, At, Bt):
+def _tn(A, Bs, partials, At, Bts):
     M = A.shape[0]
-    n_blocks = partial.shape[0]
+    n_blocks = At.shape[0]
     for c in prange(n_blocks):
-        _tn_rows(A, B, c * M // n_blocks, (c + 1) * M // n_blocks, partial[c], At[c], Bt[c])
+        _tn_rows(A, Bs, c * M // n_blocks, (c + 1) * M // n_blocks, partials, c, At[c], Bts)
 
 
 # Below this many multiply-adds one thread beats waking the Numba pool.
@@ -105,19 +109,21 @@ def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     return nt(A, np.ascontiguousarray(B.T), out)
 
 
-def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """A [M, K1]^T @ B [M, K2] -> [K1, K2]: per-thread partial products over row blocks, then summed."""
+def tn(A: np.ndarray, *Bs: np.ndarray):
+    """A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B (a list of them for several Bs): per-thread
+    partial products over row blocks, then summed. Several Bs share the transposes of A."""
     M, K1 = A.shape
-    K2 = B.shape[1]
     A = np.ascontiguousarray(A)
-    B = np.ascontiguousarray(B)
-    n = _blocks(M, float(M) * K1 * K2)
-    partial = workspace.empty((n, K1, K2), A.dtype)
+    Bs = tuple(np.ascontiguousarray(B, A.dtype) for B in Bs)
+    n = _blocks(M, float(M) * K1 * sum(B.shape[1] for B in Bs))
     block = min(TN_BLOCK, max(M, 1))
+    partials = tuple(workspace.empty((n, K1, B.shape[1]), A.dtype) for B in Bs)
     At = workspace.empty((n, K1 * block), A.dtype)
-    Bt = workspace.empty((n, K2 * block), A.dtype)
+    Bts = tuple(workspace.empty((n, B.shape[1] * block), A.dtype) for B in Bs)
     if n == 1:
-        _tn_rows(A, B, 0, M, partial[0], At[0], Bt[0])
-        return partial[0]
-    _tn(A, B, partial, At, Bt)
-    return np.sum(partial, axis=0, out=workspace.empty((K1, K2), A.dtype))
+        _tn_rows(A, Bs, 0, M, partials, 0, At[0], Bts)
+        outs = [p[0] for p in partials]
+    else:
+        _tn(A, Bs, partials, At, Bts)
+        outs = [np.sum(p, axis=0, out=workspace.empty(p.shape[1:], A.dtype)) for p in partials]
+    return outs[0] if len(Bs) == 1 else outs

@@ -194,11 +194,12 @@ class CpuKernels:
         grads = {name: workspace.zeros(p.shape, p.dtype) for name, p in params.items()}
         self._launch("backward", a, chunks)
         with single_threaded_blas():
-            d_x_proj = a["d_x_proj"].reshape(T * B, -1)                  # [T*B, Gx*H]
+            # weight gradients: adjoint^T @ operand, one call per adjoint array (the x products and the
+            # group that shares their adjoint transpose it once for both)
+            weight_grads = []                                            # (adjoint [T, B, k*H], operand, matrices)
             if s.x_group is not None:                                    # deferred: all steps at once
-                x2 = x.reshape(T * B, D)
-                self._scatter(grads, s.x_group.matrices, gemm.tn(d_x_proj, x2), H)
-                dx = gemm.rows(d_x_proj, self._x_weights(params)).reshape(T, B, D)
+                weight_grads.append((a["d_x_proj"], x, s.x_group.matrices))
+                dx = gemm.rows(a["d_x_proj"].reshape(T * B, -1), self._x_weights(params)).reshape(T, B, D)
             else:
                 dx = workspace.zeros(x.shape, x.dtype)
             for grp in s.groups:
@@ -206,8 +207,14 @@ class CpuKernels:
                     operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
                 else:
                     operand = a[f"saved_{self._saved_name(grp.operand)}"]
-                d_prod = a[f"d_prod_{grp.name}"].reshape(T * B, -1)        # [T*B, k*H]
-                self._scatter(grads, grp.matrices, gemm.tn(d_prod, operand.reshape(T * B, -1)), H)
+                weight_grads.append((a[f"d_prod_{grp.name}"], operand, grp.matrices))
+            while weight_grads:
+                adjoint = weight_grads[0][0]
+                same = [w for w in weight_grads if w[0] is adjoint]
+                weight_grads = [w for w in weight_grads if w[0] is not adjoint]
+                stacked = gemm.tn(adjoint.reshape(T * B, -1), *[op.reshape(T * B, -1) for _, op, _ in same])
+                for (_, _, matrices), st in zip(same, stacked if len(same) > 1 else [stacked]):
+                    self._scatter(grads, matrices, st, H)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]
