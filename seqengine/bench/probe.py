@@ -73,9 +73,12 @@ def _arrays_in(obj, prefix="", seen=None) -> dict:
     seen = set() if seen is None else seen
     found = {}
     if isinstance(obj, np.ndarray):
-        base = obj if obj.base is None else obj.base
-        if id(base) not in seen and isinstance(base, np.ndarray):
-            seen.add(id(base))
+        base = obj
+        while isinstance(base.base, np.ndarray):            # the array that owns (or leases) the memory
+            base = base.base
+        owner = id(base if base.base is None else base.base)  # a pooled array's base is its lease
+        if owner not in seen:
+            seen.add(owner)
             found[prefix or "array"] = base
         return found
     if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
@@ -148,7 +151,10 @@ def probe_memory(cell: str, T: int, B: int, D: int, H: int, impl: str) -> dict:
     out["rss_peak_masked"] = maxrss_after <= maxrss_before
 
     if impl == "seqengine":
+        from seqengine.backends.cpu import workspace
         gc.collect()
+        out["pool_free_bytes_after_step"] = workspace.POOL.free_bytes
+        workspace.release()        # measure from an empty pool: every block the step uses is allocated (and traced)
         tracemalloc.start()
         step()
         _, peak = tracemalloc.get_traced_memory()

@@ -79,6 +79,9 @@ class KernelPlan:
 
     scratch = "b, j"   # index of element (b, j) in a per-row scratch array (value_, d_cross_, d_state_ slot)
     share_x_adjoint = False   # honour sched.x_shares_adjoint_with: no d_x_proj store when it holds
+    # time index of x_proj, d_x_proj and d_prod_<g>: a backend that keeps only a window of steps of
+    # them (the CPU: steps t0 <= t < t1) indexes them relative to its start
+    window_t = "t"
     products_cross_launches = False   # True: a product lives only in its segment (one launch each), so
                                       # products a later segment reads go through value_ arrays
 
@@ -236,7 +239,7 @@ class KernelPlan:
         if n.op == "matvec":
             grp = self.s.group_of[i]
             if grp.kind == "x":
-                return load(f"x_proj[t, b, {self.block(i)}]")
+                return load(f"x_proj[{self.window_t}, b, {self.block(i)}]")
             return self.product(i, seg, training)
         if self.s.segment_of[i] < seg:
             return load(self.stored_value(i, training))
@@ -339,9 +342,9 @@ class KernelPlan:
         s, lines = self.s, []
         for grp in s.groups:
             if grp.level == seg:
-                lines += [f"d_prod_{grp.name}[t, b, {self.block(m)}] = F(0.0)" for m in grp.members]
+                lines += [f"d_prod_{grp.name}[{self.window_t}, b, {self.block(m)}] = F(0.0)" for m in grp.members]
         if seg == 0 and self.writes_d_x_proj():
-            lines += [f"d_x_proj[t, b, {self.block(m)}] = F(0.0)" for m in s.x_group.members]
+            lines += [f"d_x_proj[{self.window_t}, b, {self.block(m)}] = F(0.0)" for m in s.x_group.members]
         return lines
 
     def backward_lines(self, seg: int) -> list[str]:
@@ -390,7 +393,7 @@ class KernelPlan:
                 grp = s.group_of[i]
                 if grp.kind != "x" or self.writes_d_x_proj():
                     target = "d_x_proj" if grp.kind == "x" else f"d_prod_{grp.name}"
-                    body.append(f"{target}[t, b, {self.block(i)}] = {d}")
+                    body.append(f"{target}[{self.window_t}, b, {self.block(i)}] = {d}")
                 continue
             contribs = adjoint_contributions(n.op, Expr.name(d), [value_name(a) for a in n.args], value_name(i))
             for a, contrib in zip(n.args, contribs):

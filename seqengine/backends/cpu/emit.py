@@ -80,6 +80,7 @@ class CpuEmitter(KernelPlan):
 
     scratch = "c, r, j"
     share_x_adjoint = True   # the runtime reads d_x_proj from the d_prod of sched.x_shares_adjoint_with
+    window_t = "t - t0"      # each call runs steps t0 <= t < t1; x_proj / d_prod hold only those
     # products_cross_launches stays False: prod_<g> [NC, BC, k*H] holds a chunk's products all step
 
     def helper(self, fn: str) -> str:
@@ -103,18 +104,17 @@ class CpuEmitter(KernelPlan):
         s, g, w = self.s, self.g, SourceWriter()
         name = "forward_train" if training else "forward_infer"
 
-        args = ["chunks", "lengths"] + self.forward_arrays(training, "weight")
+        args = ["chunks", "lengths", "t0", "t1"] + self.forward_arrays(training, "weight")
         args += [f"prod_{grp.name}" for grp in s.groups]
         args += [self.value_array(i) for i in self.scratch_values(training)]
 
         w(JIT)
         w(f"def {name}_rows(c, b0, b1, {', '.join(args[1:])}):")
         with w.indent():
-            w('"""One thread\'s share: batch rows b0:b1 (chunk c) for all T steps."""')
+            w('"""One thread\'s share: batch rows b0:b1 (chunk c) for steps t0 <= t < t1."""')
             self.header_comments(w, args, training)
-            w("T = x_proj.shape[0]")
             w(f"H = state_{s.states[0]}.shape[2]")
-            w("for t in range(T):")
+            w("for t in range(t0, t1):")
             with w.indent():
                 for seg in range(len(s.segments)):
                     for grp in s.groups:
@@ -159,7 +159,7 @@ class CpuEmitter(KernelPlan):
     def header_comments(self, w, args, training):
         s = self.s
         kx = len(s.x_group.members) if s.x_group else 0
-        shapes = {"chunks": "[NC + 1] batch row bounds per thread", "x_proj": f"[T, B, {kx}*H] x products",
+        shapes = {"chunks": "[NC + 1] batch row bounds per thread", "x_proj": f"[W, B, {kx}*H] x products of steps t0.. (W >= t1 - t0)",
                   "y": "[T, B, H] output"}
         for a in args:
             if a.startswith("state_"):
@@ -184,7 +184,7 @@ class CpuEmitter(KernelPlan):
     def backward(self) -> tuple[str, list[str]]:
         s, g, w = self.s, self.g, SourceWriter()
 
-        args = ["chunks", "lengths"] + self.backward_arrays("weight_t")
+        args = ["chunks", "lengths", "t0", "t1"] + self.backward_arrays("weight_t")
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
         gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
         args += [f"d_gemm_{st}" for st in gemm_states]
@@ -194,19 +194,23 @@ class CpuEmitter(KernelPlan):
         w(JIT)
         w(f"def backward_rows(c, b0, b1, {', '.join(args[1:])}):")
         with w.indent():
-            w('"""One thread\'s share: batch rows b0:b1 (chunk c), steps T-1 down to 0."""')
+            w('"""One thread\'s share: batch rows b0:b1 (chunk c), steps t1-1 down to t0 (windows of steps are')
+            w('called from the last to the first: state adjoints carry over in d_state/d_gemm)."""')
             w("# d_y: [T, B, H] adjoint of the outputs; d_final_<s>/d_init_<s>: [B, H] state adjoints at T / at 0")
-            w("# d_x_proj: [T, B, Gx*H], d_prod_<g>: [T, B, k*H] adjoints of the products, kept for the weight GEMMs")
+            w("# d_x_proj: [W, B, Gx*H], d_prod_<g>: [W, B, k*H] adjoints of the products of steps t0.. (W >= t1 - t0),")
+            w("#   kept for the weight GEMMs")
             w("# d_params: [NC, P, H] per-thread vector gradients; d_state_<s>: [2, NC, BC, H] adjoint of the state")
             w("#   at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_gemm_<s>: [NC, BC, H] its GEMM part")
             w("T = d_y.shape[0]")
             w(f"H = state_{s.states[0]}.shape[2]")
-            w("for b in range(b0, b1):")
+            w("if t1 == T:   # the last window: start from the final states' adjoints")
             with w.indent():
-                w("r = b - b0")
-                self.element_loop(w, [f"{self.d_state(st, 'T & 1')} = d_final_{st}[b, j]" for st in s.states]
-                                  + [f"{self.d_gemm(st).source()} = F(0.0)" for st in gemm_states])
-            w("for t in range(T - 1, -1, -1):")
+                w("for b in range(b0, b1):")
+                with w.indent():
+                    w("r = b - b0")
+                    self.element_loop(w, [f"{self.d_state(st, 'T & 1')} = d_final_{st}[b, j]" for st in s.states]
+                                      + [f"{self.d_gemm(st).source()} = F(0.0)" for st in gemm_states])
+            w("for t in range(t1 - 1, t0 - 1, -1):")
             with w.indent():
                 for st in self.accumulated_states():
                     w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
@@ -223,12 +227,14 @@ class CpuEmitter(KernelPlan):
                             target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
                         else:
                             target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0]"
-                        w(f"gemm_nt(d_prod_{grp.name}[t, b0:b1], weight_t_{grp.name}, {target}, False)"
+                        w(f"gemm_nt(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}, {target}, False)"
                           f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
-            w("for b in range(b0, b1):")
+            w("if t0 == 0:   # the first window: the initial states' adjoints")
             with w.indent():
-                w("r = b - b0")
-                self.element_loop(w, [f"d_init_{st}[b, j] = {self.d_state(st, '0')}"
+                w("for b in range(b0, b1):")
+                with w.indent():
+                    w("r = b - b0")
+                    self.element_loop(w, [f"d_init_{st}[b, j] = {self.d_state(st, '0')}"
                                       + (f" + {self.d_gemm(st).source()}" if st in gemm_states else "")
                                       for st in s.states])
         self.driver(w, "backward", args)

@@ -35,6 +35,12 @@ class Tape:
     extra: dict = field(default_factory=dict)
 
 
+# x_proj and the product adjoints d_prod are kept for a window of steps, not all T: at most this
+# many bytes (or one step), so a long sequence's training step needs little beyond its tape.
+# LSTM at (T, B, H) = (1000, 64, 512): x_proj and d_prod were 500 MiB each next to a 750 MiB tape.
+WINDOW_BYTES = 16 * 2 ** 20
+
+
 # Below this many multiply-adds per call, one thread runs all rows: a parallel region costs more
 # than it saves (and a thread woken on a busy machine can make it cost milliseconds).
 SERIAL_WORK = 2_000_000
@@ -86,6 +92,17 @@ class CpuKernels:
         cols = (len(s.x_group.members) * D if s.x_group else 0) + sum(len(g.members) * H for g in s.groups)
         return float(T) * B * H * cols
 
+    def _step_bytes(self, B: int, H: int) -> int:
+        """Bytes of one step of the largest of x_proj / d_x_proj / d_prod_<g>."""
+        s = self.sched
+        cols = max([len(s.x_group.members) if s.x_group else 0] + [len(g.members) for g in s.groups])
+        return max(1, B * cols * H * self.dtype.itemsize)
+
+    def _window(self, T: int, B: int, H: int) -> int:
+        """Steps per window of x_proj / d_x_proj / d_prod (all T when they fit in WINDOW_BYTES)."""
+        per_step = self._step_bytes(B, H)
+        return T if per_step * T <= WINDOW_BYTES else max(1, WINDOW_BYTES // per_step)
+
     def _buffers(self, training: bool, T: int, B: int, D: int, H: int, nc: int, bc: int) -> dict:
         """Scratch of one forward: fresh in training (the tape keeps it), reused in inference."""
         key = (T, B, D, H, nc)
@@ -94,7 +111,8 @@ class CpuKernels:
             return cache[key]
         s, dt = self.sched, self.dtype
         gx = len(s.x_group.members) if s.x_group else 0
-        arrays = {"x_proj": workspace.empty((T, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
+        W = self._window(T, B, H)
+        arrays = {"x_proj": workspace.empty((W, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
         for st in s.states:
             arrays[f"state_{st}"] = workspace.empty((T + 1 if training else 2, B, H), dt)
         for grp in s.groups:
@@ -133,9 +151,6 @@ class CpuKernels:
         arrays["lengths"] = lengths
 
         w_x = self._x_weights(params)                                    # [Gx*H, D]
-        if w_x is not None:
-            with single_threaded_blas():                                 # hoisted: all steps at once
-                gemm.rows(x.reshape(T * B, D), w_x.T, out=arrays["x_proj"].reshape(T * B, -1))
         for st in s.states:
             arrays[f"state_{st}"][0] = state0[st]
         for grp in s.groups:
@@ -145,7 +160,13 @@ class CpuKernels:
         kernel = "forward_train" if training else "forward_infer"
         if "y" in self.arg_names[kernel]:
             arrays["y"] = workspace.empty((T, B, H), dt)                # an output: always a new array
-        self._launch(kernel, arrays, chunks)
+        W = arrays["x_proj"].shape[0]
+        for t0 in range(0, T, W):                                        # windows of steps
+            t1 = min(T, t0 + W)
+            if w_x is not None:                                          # hoisted: all steps of the window at once
+                gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1))
+            arrays["t0"], arrays["t1"] = t0, t1
+            self._launch(kernel, arrays, chunks)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
@@ -176,12 +197,13 @@ class CpuKernels:
         chunks = tape.chunks
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
         a["d_y"] = dy
+        W = self._window(T, B, H)
         for st in s.states:
             a[f"d_final_{st}"] = dfinal[st]
             a[f"d_init_{st}"] = workspace.empty((B, H), dt)
             a[f"d_state_{st}"] = np.empty((2, nc, bc, H), dt)
         for grp in s.groups:
-            a[f"d_prod_{grp.name}"] = workspace.empty((T, B, len(grp.members) * H), dt)
+            a[f"d_prod_{grp.name}"] = workspace.empty((W, B, len(grp.members) * H), dt)
             a[f"weight_t_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)   # [in, k*H]
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
@@ -192,29 +214,38 @@ class CpuKernels:
             if name.startswith(("d_gemm_", "d_cross_", "d_operand_")):
                 a[name] = np.empty((nc, bc, H), dt)
         grads = {name: workspace.zeros(p.shape, p.dtype) for name, p in params.items()}
-        self._launch("backward", a, chunks)
-        with single_threaded_blas():
-            # weight gradients: adjoint^T @ operand, one call per adjoint array (the x products and the
-            # group that shares their adjoint transpose it once for both)
-            weight_grads = []                                            # (adjoint [T, B, k*H], operand, matrices)
-            if s.x_group is not None:                                    # deferred: all steps at once
-                weight_grads.append((a["d_x_proj"], x, s.x_group.matrices))
-                dx = gemm.rows(a["d_x_proj"].reshape(T * B, -1), self._x_weights(params)).reshape(T, B, D)
+        # weight gradients, per window: adjoint^T @ operand, one call per adjoint array (the x products
+        # and the group that shares their adjoint transpose it once for both)
+        products = []                                                    # (adjoint [W, B, k*H], operand [T, B, in], matrices)
+        if s.x_group is not None:
+            products.append((a["d_x_proj"], x, s.x_group.matrices))
+            w_x_t = np.ascontiguousarray(self._x_weights(params).T)      # [D, Gx*H]
+            dx = workspace.empty(x.shape, x.dtype)
+        else:
+            dx = workspace.zeros(x.shape, x.dtype)
+        for grp in s.groups:
+            if grp.kind == "state":
+                operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
             else:
-                dx = workspace.zeros(x.shape, x.dtype)
-            for grp in s.groups:
-                if grp.kind == "state":
-                    operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
-                else:
-                    operand = a[f"saved_{self._saved_name(grp.operand)}"]
-                weight_grads.append((a[f"d_prod_{grp.name}"], operand, grp.matrices))
-            while weight_grads:
-                adjoint = weight_grads[0][0]
-                same = [w for w in weight_grads if w[0] is adjoint]
-                weight_grads = [w for w in weight_grads if w[0] is not adjoint]
-                stacked = gemm.tn(adjoint.reshape(T * B, -1), *[op.reshape(T * B, -1) for _, op, _ in same])
-                for (_, _, matrices), st in zip(same, stacked if len(same) > 1 else [stacked]):
-                    self._scatter(grads, matrices, st, H)
+                operand = a[f"saved_{self._saved_name(grp.operand)}"]
+            products.append((a[f"d_prod_{grp.name}"], operand, grp.matrices))
+        for t0 in reversed(range(0, T, W)):                              # windows, last first
+            t1 = min(T, t0 + W)
+            n = (t1 - t0) * B
+            a["t0"], a["t1"] = t0, t1
+            self._launch("backward", a, chunks)
+            with single_threaded_blas():
+                if s.x_group is not None:                                # dx = d_x_proj @ W_x
+                    gemm.nt(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x_t, out=dx[t0:t1].reshape(n, D))
+                left = list(products)
+                while left:
+                    adjoint = left[0][0]
+                    same = [p for p in left if p[0] is adjoint]
+                    left = [p for p in left if p[0] is not adjoint]
+                    stacked = gemm.tn(adjoint[:t1 - t0].reshape(n, -1),
+                                      *[op[t0:t1].reshape(n, -1) for _, op, _ in same])
+                    for (_, _, matrices), st in zip(same, stacked if len(same) > 1 else [stacked]):
+                        self._scatter(grads, matrices, st, H)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]
