@@ -28,7 +28,7 @@ from ...compiler.cache import load_generated_module
 
 MR, NR = 4, 4          # tile rows (of A) x tile columns (rows of B)
 ROW_BLOCK = 64         # rows of A swept per pass over B (64 x K_BLOCK floats stay in L2)
-K_BLOCK = 512          # summed index split in blocks: MR + NR rows of K_BLOCK floats fit L1 (48 KB)
+K_BLOCK = 1024         # summed index split in blocks: MR + NR rows of K_BLOCK floats fit L1 (48 KB)
 
 # reassociation lets LLVM vectorize the k reductions; no "nnan"/"ninf": NaN and inf must propagate
 _FASTMATH = '{"reassoc", "contract"}'
