@@ -13,8 +13,14 @@ rows of B (MR + NR loads for MR*NR fused multiply-adds), and the vectors are
 summed once at the end. Rows of B are reused from L1 across a block of
 `ROW_BLOCK` rows of A, so B streams from memory once per block. Measured on
 the project machine, one thread, float32 (benchmarks/RESULTS.md):
-    M x N x K = 8 x 2048 x 512:  this 156 GFLOP/s, OpenBLAS 66
-                32 x 1024 x 256: this 190 GFLOP/s, OpenBLAS 107
+    M x N x K = 8 x 2048 x 512:     this 166 GFLOP/s, OpenBLAS 68
+                32 x 1024 x 256:    this 177 GFLOP/s, OpenBLAS 104
+                6400 x 2048 x 512:  this 193 GFLOP/s, OpenBLAS 121
+                1 x 1024 x 256:     this  48 GFLOP/s, OpenBLAS 45  (a vector: bound by loading B)
+Tile shapes tried (sweep over the shapes above): 4x4 best; 4x6 within noise; 3x4, 4x3,
+5x4, 2x4, 6x3 slower. The final sums cost about one multiply-add per 16 of K, so short sums
+(K = 64: ~75 GFLOP/s) are the weak case; K_BLOCK = 1024 rather than 512 lifted K = 1024 from 179
+to 200 GFLOP/s.
 
 The kernel is generated (like the cell kernels) so that the tile shape is one
 parameter: edges use the same generator with 1-row and 1-column tiles.
