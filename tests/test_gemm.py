@@ -1,0 +1,67 @@
+"""The CPU GEMM kernels (tiles.gemm_nt and gemm.nt / rows / tn) against NumPy in float64.
+
+Shapes cover every tile edge (M, N not multiples of the 4 x 4 tile), sums longer than one K block,
+empty sums, one row, several threads' row blocks, and the accumulate flag.
+"""
+
+import numpy as np
+import pytest
+
+from seqengine.backends.cpu import gemm, tiles
+from seqengine.backends.cpu.tiles import gemm_nt
+
+SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 2), (4, 4, 16), (5, 9, 33), (13, 6, 7), (64, 4, 3), (70, 130, 1),
+          (9, 10, tiles.K_BLOCK + 3), (2, 3, 2 * tiles.K_BLOCK + 1)]
+
+
+def _data(M, N, K, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_gemm_nt_matches_numpy(M, N, K, dtype, tol):
+    A, B = _data(M, N, K, dtype)
+    ref = A.astype(np.float64) @ B.astype(np.float64).T
+    scale = max(1.0, np.abs(ref).max())
+    C = np.full((M, N), np.nan, dtype)                    # every element must be written
+    gemm_nt(A, B, C, False)
+    assert np.abs(C - ref).max() / scale < tol
+    gemm_nt(A, B, C, True)                                 # accumulate: C += A @ B^T
+    assert np.abs(C - 2 * ref).max() / scale < 2 * tol
+
+
+def test_gemm_nt_writes_into_a_column_slice_only():
+    A, B = _data(6, 5, 9, np.float64)
+    C = np.zeros((6, 12))
+    gemm_nt(A, B, C[:, 3:8], False)
+    np.testing.assert_allclose(C[:, 3:8], A @ B.T, rtol=1e-12, atol=1e-12)
+    assert not C[:, :3].any() and not C[:, 8:].any()
+
+
+def test_gemm_nt_empty_sum_gives_zeros():
+    C = np.ones((3, 4))
+    gemm_nt(np.zeros((3, 0)), np.zeros((4, 0)), C, False)
+    assert not C.any()
+
+
+@pytest.mark.parametrize("M", [1, 37, 3000])                 # 3000 x 40 x 50 is split over threads
+def test_nt_rows_and_tn_match_numpy(M):
+    rng = np.random.default_rng(M)
+    A = rng.standard_normal((M, 40))
+    W = rng.standard_normal((50, 40))
+    np.testing.assert_allclose(gemm.nt(A, W), A @ W.T, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(gemm.rows(A, W.T), A @ W.T, rtol=1e-11, atol=1e-11)        # B a transposed view
+    np.testing.assert_allclose(gemm.rows(A, np.ascontiguousarray(W.T)), A @ W.T, rtol=1e-11, atol=1e-11)
+    X = rng.standard_normal((M, 70))                         # more rows than one transposed block when M = 3000
+    Y = rng.standard_normal((M, 3))
+    np.testing.assert_allclose(gemm.tn(A, X), A.T @ X, rtol=1e-11, atol=1e-10)
+    both = gemm.tn(A, X, Y)                                  # one transpose of A for two operands
+    np.testing.assert_allclose(both[0], A.T @ X, rtol=1e-11, atol=1e-10)
+    np.testing.assert_allclose(both[1], A.T @ Y, rtol=1e-11, atol=1e-10)
+
+
+def test_tn_of_no_rows_is_zero():
+    out = gemm.tn(np.zeros((0, 4)), np.zeros((0, 3)))
+    assert out.shape == (4, 3) and not out.any()
