@@ -105,6 +105,7 @@ class CpuEmitter(KernelPlan):
         name = "forward_train" if training else "forward_infer"
 
         args = ["chunks", "lengths", "t0", "t1"] + self.forward_arrays(training, "weight")
+        args += [f"weight_p_{grp.name}" for grp in s.groups]
         args += [f"prod_{grp.name}" for grp in s.groups]
         args += [self.value_array(i) for i in self.scratch_values(training)]
 
@@ -121,7 +122,7 @@ class CpuEmitter(KernelPlan):
                         if grp.level != seg:
                             continue
                         op = self.operand_rows(grp, training)
-                        w(f"gemm_nt({op}, weight_{grp.name}, prod_{grp.name}[c, :b1 - b0], False)"
+                        w(f"gemm_packed({op}, weight_{grp.name}, weight_p_{grp.name}, prod_{grp.name}[c, :b1 - b0], False)"
                           f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
                     self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training))
         self.driver(w, name, args)
@@ -185,6 +186,7 @@ class CpuEmitter(KernelPlan):
         s, g, w = self.s, self.g, SourceWriter()
 
         args = ["chunks", "lengths", "t0", "t1"] + self.backward_arrays("weight_t")
+        args += [f"weight_tp_{grp.name}" for grp in s.groups]
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
         gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
         args += [f"d_gemm_{st}" for st in gemm_states]
@@ -227,7 +229,8 @@ class CpuEmitter(KernelPlan):
                             target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
                         else:
                             target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0]"
-                        w(f"gemm_nt(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}, {target}, False)"
+                        w(f"gemm_packed(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}, weight_tp_{grp.name}, "
+                          f"{target}, False)"
                           f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
             w("if t0 == 0:   # the first window: the initial states' adjoints")
             with w.indent():
@@ -265,7 +268,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
     header = f"{doc}\n\nfloat32 exp/tanh/sigmoid: seqengine.backends.cpu.fastmath {_fastmath_digest()}" if fast else doc
     parts = [f'"""seqengine CPU kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{header}\n"""',
              "import math", "", "import numpy as np", "from numba import njit, prange", "",
-             f"from seqengine.backends.cpu.tiles import gemm_nt   # tiles {tiles.SOURCE_HASH}", ""]
+             f"from seqengine.backends.cpu.tiles import gemm_packed   # tiles {tiles.SOURCE_HASH}", ""]
     if fast:
         parts.append("from seqengine.backends.cpu.fastmath import "
                      + ", ".join(f"{src} as {fn}" for fn, src in sorted(fast.items())))

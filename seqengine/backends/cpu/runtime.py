@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ...compiler.schedule import Schedule
-from . import gemm, workspace
+from . import gemm, tiles, workspace
 from .threads import single_threaded_blas
 
 
@@ -39,6 +39,11 @@ class Tape:
 # many bytes (or one step), so a long sequence's training step needs little beyond its tape.
 # LSTM at (T, B, H) = (1000, 64, 512): x_proj and d_prod were 500 MiB each next to a 750 MiB tape.
 WINDOW_BYTES = 16 * 2 ** 20
+
+
+# Calls of at least this many steps pack each weight once into panels for the register-block GEMM
+# kernel (tiles.gemm_packed); shorter ones use the dot-form tiles on the weight as it is.
+PACK_MIN_STEPS = 4
 
 
 # Below this many multiply-adds per call, one thread runs all rows: a parallel region costs more
@@ -154,7 +159,11 @@ class CpuKernels:
         for st in s.states:
             arrays[f"state_{st}"][0] = state0[st]
         for grp in s.groups:
-            arrays[f"weight_{grp.name}"] = self._stack(params, grp.matrices)
+            weight = arrays[f"weight_{grp.name}"] = self._stack(params, grp.matrices)      # [k*H, in]
+            # packed in panels for the register-block kernel when enough steps use it (a one-step
+            # streaming call multiplies with the dot-form tiles instead of packing U each time)
+            arrays[f"weight_p_{grp.name}"] = (tiles.packed(weight) if T >= PACK_MIN_STEPS
+                                              else tiles.no_panels(weight.shape[1], dt))
         for p in s.graph.vectors:
             arrays[f"param_{p}"] = params[p]
         kernel = "forward_train" if training else "forward_infer"
@@ -205,6 +214,8 @@ class CpuKernels:
         for grp in s.groups:
             a[f"d_prod_{grp.name}"] = workspace.empty((W, B, len(grp.members) * H), dt)
             a[f"weight_t_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)   # [in, k*H]
+            a[f"weight_tp_{grp.name}"] = (tiles.packed(a[f"weight_t_{grp.name}"]) if T >= PACK_MIN_STEPS
+                                          else tiles.no_panels(a[f"weight_t_{grp.name}"].shape[1], dt))
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
         else:                                     # backward never reads the x products: reuse their memory
