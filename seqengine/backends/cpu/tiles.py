@@ -229,11 +229,10 @@ block1, block2, block3, block4, block5, block6 = _blocks[1:]
 def pack(B, Bp):
     """Bp [P, K, NR] = B [N, K]^T cut in panels of NR columns (only full panels: P = N // NR)."""
     P, K, NR = Bp.shape
-    for p in range(P):
-        for c in range(NR):
-            row = B[p * NR + c]
-            for k in range(K):
-                Bp[p, k, c] = row[k]
+    for p in range(P):                     # written in order; the NR rows of B read side by side
+        for k in range(K):
+            for c in range(NR):
+                Bp[p, k, c] = B[p * NR + c, k]
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
