@@ -18,7 +18,8 @@ Array names in the kernels (all C-contiguous; shapes in the header comments):
 ``x_proj`` [T, B, Gx*H] products with x; ``state_<s>`` [T+1, B, H] (train) or
 [2, B, H] (infer); ``param_<p>`` [H]; ``saved_<v>`` [T, B, H];
 ``weight_<g>`` [k*H, in] stacked matrices (forward: prod = operand @ weight^T);
-``weight_t_<g>`` [in, k*H] their transpose (backward: d_operand = d_prod @ weight = d_prod @ weight_t^T);
+``weight_t_<g>`` [in, k*H] their transpose, a view (backward: d_operand = d_prod @ weight = d_prod @ weight_t^T);
+``weight_p_<g>``, ``weight_tp_<g>`` the same packed in panels for the register-block kernel (tiles.py);
 ``prod_<g>`` [NC, BC, k*H] per-thread products; ``value_<v>`` [NC, BC, H]
 per-thread values crossing segments.
 """

@@ -213,9 +213,10 @@ class CpuKernels:
             a[f"d_state_{st}"] = np.empty((2, nc, bc, H), dt)
         for grp in s.groups:
             a[f"d_prod_{grp.name}"] = workspace.empty((W, B, len(grp.members) * H), dt)
-            a[f"weight_t_{grp.name}"] = np.ascontiguousarray(self._stack(params, grp.matrices).T)   # [in, k*H]
-            a[f"weight_tp_{grp.name}"] = (tiles.packed(a[f"weight_t_{grp.name}"]) if T >= PACK_MIN_STEPS
-                                          else tiles.no_panels(a[f"weight_t_{grp.name}"].shape[1], dt))
+            weight = self._stack(params, grp.matrices)                                   # [k*H, in]
+            a[f"weight_t_{grp.name}"] = weight.T                                         # [in, k*H] view
+            a[f"weight_tp_{grp.name}"] = (tiles.packed_columns(weight) if T >= PACK_MIN_STEPS
+                                          else tiles.no_panels(weight.shape[0], dt))
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
         else:                                     # backward never reads the x products: reuse their memory
@@ -230,7 +231,7 @@ class CpuKernels:
         products = []                                                    # (adjoint [W, B, k*H], operand [T, B, in], matrices)
         if s.x_group is not None:
             products.append((a["d_x_proj"], x, s.x_group.matrices))
-            w_x_t = np.ascontiguousarray(self._x_weights(params).T)      # [D, Gx*H]
+            w_x = self._x_weights(params)                                # [Gx*H, D]
             dx = workspace.empty(x.shape, x.dtype)
         else:
             dx = workspace.zeros(x.shape, x.dtype)
@@ -247,7 +248,7 @@ class CpuKernels:
             self._launch("backward", a, chunks)
             with single_threaded_blas():
                 if s.x_group is not None:                                # dx = d_x_proj @ W_x
-                    gemm.nt(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x_t, out=dx[t0:t1].reshape(n, D))
+                    gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D))
                 left = list(products)
                 while left:
                     adjoint = left[0][0]

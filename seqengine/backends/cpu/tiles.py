@@ -236,6 +236,17 @@ def pack(B, Bp):
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
+def pack_columns(B, m0, n, Bp):
+    """Bp [P, n, NR] = panels of B[m0:m0+n]^T, i.e. of B's columns: Bp[p, m, c] = B[m0 + m, p * NR + c]
+    (B [K, N] read row by row: packing B^T needs no transposed copy)."""
+    P, _, NR = Bp.shape
+    for m in range(n):
+        for p in range(P):
+            for c in range(NR):
+                Bp[p, m, c] = B[m0 + m, p * NR + c]
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
 def gemm_packed(A, B, Bp, C, accumulate):
     """C [M, N] (+)= A [M, K] @ B [N, K]^T, the full panels (Bp = pack(B)) in register blocks, the
     columns past the last full panel (or all of them, when Bp has no panel) by the dot-form tiles.
@@ -279,3 +290,12 @@ def no_panels(K: int, dtype):
     import numpy as np
     dtype = np.dtype(dtype)
     return np.empty((0, K, panel_width(dtype.itemsize)), dtype)
+
+
+def packed_columns(B):
+    """Panels of B^T for B [K, N] (what `packed(B.T)` gives, without the transposed copy)."""
+    import numpy as np
+    NR = panel_width(B.dtype.itemsize)
+    Bp = np.empty((B.shape[1] // NR, B.shape[0], NR), B.dtype)
+    pack_columns(B, 0, B.shape[0], Bp)
+    return Bp
