@@ -65,3 +65,29 @@ def test_nt_rows_and_tn_match_numpy(M):
 def test_tn_of_no_rows_is_zero():
     out = gemm.tn(np.zeros((0, 4)), np.zeros((0, 3)))
     assert out.shape == (4, 3) and not out.any()
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 13, 97, 194])    # every row rest, several 96-row blocks
+def test_gemm_packed_matches_numpy(M, dtype, tol):
+    NR = tiles.panel_width(np.dtype(dtype).itemsize)
+    for N, K in [(5 * NR + 3, 17), (4 * NR, 1), (NR - 1, 9), (2 * NR, 0)]:   # column tail, one panel too few
+        A, B = _data(M, N, K, dtype, seed=M)
+        ref = A.astype(np.float64) @ B.astype(np.float64).T
+        scale = max(1.0, np.abs(ref).max())
+        Bp = tiles.packed(B)
+        assert Bp.shape == (N // NR, K, NR)
+        np.testing.assert_array_equal(tiles.packed_columns(np.ascontiguousarray(B.T)), Bp)
+        C = np.full((M, N), np.nan, dtype)
+        tiles.gemm_packed(A, B, Bp, C, False)
+        assert np.abs(C - ref).max() / scale < tol, (N, K)
+        tiles.gemm_packed(A, B, Bp, C, True)
+        assert np.abs(C - 2 * ref).max() / scale < 2 * tol, (N, K)
+        C2 = np.full((M, N), np.nan, dtype)                       # no panels: all by the dot-form tiles
+        tiles.gemm_packed(A, B, tiles.no_panels(K, dtype), C2, False)
+        assert np.abs(C2 - ref).max() / scale < tol
+    strided = np.zeros((M, 3 * NR + 8), dtype)                       # rows of C with a longer stride
+    A, B = _data(M, 2 * NR, 11, dtype)
+    tiles.gemm_packed(A, B, tiles.packed(B), strided[:, 4:4 + 2 * NR], False)
+    assert np.abs(strided[:, 4:4 + 2 * NR] - A.astype(np.float64) @ B.T).max() < tol * 100
+    assert not strided[:, :4].any() and not strided[:, 4 + 2 * NR:].any()

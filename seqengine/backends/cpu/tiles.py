@@ -131,8 +131,10 @@ def panel_width(itemsize: int) -> int:
     return NV * VECTOR_BYTES // itemsize
 
 
-def _register_block(mr: int):
-    """The intrinsic ``block(A, i0, Bp, p, C, j0, add)``: C[i0:i0+mr, j0:j0+NR] (+)= A[i0:i0+mr] @ panel p."""
+def _register_block(mr: int, panels: int = 1):
+    """The intrinsic ``block(A, i0, Bp, p, C, j0, add)``: C[i0:i0+mr, j0:j0+panels*NR] (+)= A[i0:i0+mr] @
+    panels p..p+panels-1. Few rows take several panels, so that enough independent accumulators
+    (mr * NV * panels >= 8) hide the multiply-add latency."""
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
@@ -166,7 +168,9 @@ def _register_block(mr: int):
                 return builder.gep(builder.bitcast(arr.data, i8p), [off])
 
             a_rows = [row_ptr(a, a_s, r) for r in range(mr)]
-            panel = builder.gep(builder.bitcast(b.data, i8p), [builder.mul(p, b_s[0])])
+            nvec = NV * panels
+            panel = [builder.gep(builder.bitcast(b.data, i8p),
+                                 [builder.mul(builder.add(p, ir.Constant(i64, q)), b_s[0])]) for q in range(panels)]
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                                  f"llvm.fma.v{lanes}{'f32' if A_t.dtype == types.float32 else 'f64'}")
             zero = ir.Constant(vec, [0.0] * lanes)
@@ -177,39 +181,39 @@ def _register_block(mr: int):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(ir.Constant(i64, 0), entry)
-            acc = [[builder.phi(vec) for _ in range(NV)] for _ in range(mr)]
+            acc = [[builder.phi(vec) for _ in range(nvec)] for _ in range(mr)]
             for row in acc:
                 for ph in row:
                     ph.add_incoming(zero, entry)
-            b_row = builder.gep(panel, [builder.mul(k, b_s[1])])
-            b_vecs = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * VECTOR_BYTES)]),
-                                                   vec.as_pointer()), align=4) for v in range(NV)]
+            b_rows = [builder.gep(panel[q], [builder.mul(k, b_s[1])]) for q in range(panels)]
+            b_vecs = [builder.load(builder.bitcast(builder.gep(b_rows[v // NV], [ir.Constant(i64, (v % NV) * VECTOR_BYTES)]),
+                                                   vec.as_pointer()), align=4) for v in range(nvec)]
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             new = []
             for r in range(mr):
                 x = builder.load(builder.bitcast(builder.gep(a_rows[r], [builder.mul(k, a_s[1])]), fty.as_pointer()))
                 xv = builder.insert_element(ir.Constant(vec, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
                 xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
-                new.append([builder.call(fma, [xv, b_vecs[v], acc[r][v]]) for v in range(NV)])
+                new.append([builder.call(fma, [xv, b_vecs[v], acc[r][v]]) for v in range(nvec)])
             k_next = builder.add(k, ir.Constant(i64, 1))
             body_end = builder.basic_block
             k.add_incoming(k_next, body_end)
             for r in range(mr):
-                for v in range(NV):
+                for v in range(nvec):
                     acc[r][v].add_incoming(new[r][v], body_end)
             builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
             builder.position_at_end(done)
             totals = []                                   # every phi first: LLVM wants them at the top
             for r in range(mr):
                 totals.append([])
-                for v in range(NV):
+                for v in range(nvec):
                     total = builder.phi(vec)
                     total.add_incoming(zero, entry)
                     total.add_incoming(new[r][v], body_end)
                     totals[r].append(total)
             for r in range(mr):
                 c_row = row_ptr(c, c_s, r)
-                for v in range(NV):
+                for v in range(nvec):
                     total = totals[r][v]
                     col = builder.mul(builder.add(j0, ir.Constant(i64, v * lanes)), c_s[1])
                     ptr = builder.bitcast(builder.gep(c_row, [col]), vec.as_pointer())
@@ -223,6 +227,8 @@ def _register_block(mr: int):
 
 _blocks = [None] + [_register_block(mr) for mr in range(1, MR_P + 1)]
 block1, block2, block3, block4, block5, block6 = _blocks[1:]
+block1x4 = _register_block(1, 4)        # one row: 4 panels (8 accumulators)
+block2x2 = _register_block(2, 2)        # two rows: 2 panels
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
@@ -255,22 +261,32 @@ def gemm_packed(A, B, Bp, C, accumulate):
     P, K, NR = Bp.shape
     for i_blk in range(0, M, 96):                                  # rows of A kept in L1/L2 across panels
         i_end = min(i_blk + 96, M)
+        i_full = i_blk + (i_end - i_blk) // 6 * 6
+        rest = i_end - i_full
         for p in range(P):
-            i0 = i_blk
-            while i0 + 6 <= i_end:
+            for i0 in range(i_blk, i_full, 6):
                 block6(A, i0, Bp, p, C, p * NR, accumulate)
-                i0 += 6
-            rest = i_end - i0
             if rest == 5:
-                block5(A, i0, Bp, p, C, p * NR, accumulate)
+                block5(A, i_full, Bp, p, C, p * NR, accumulate)
             elif rest == 4:
-                block4(A, i0, Bp, p, C, p * NR, accumulate)
+                block4(A, i_full, Bp, p, C, p * NR, accumulate)
             elif rest == 3:
-                block3(A, i0, Bp, p, C, p * NR, accumulate)
-            elif rest == 2:
-                block2(A, i0, Bp, p, C, p * NR, accumulate)
-            elif rest == 1:
-                block1(A, i0, Bp, p, C, p * NR, accumulate)
+                block3(A, i_full, Bp, p, C, p * NR, accumulate)
+        if rest == 2:                                              # few rows: several panels at once
+            p = 0
+            while p + 2 <= P:
+                block2x2(A, i_full, Bp, p, C, p * NR, accumulate)
+                p += 2
+            if p < P:
+                block2(A, i_full, Bp, p, C, p * NR, accumulate)
+        elif rest == 1:
+            p = 0
+            while p + 4 <= P:
+                block1x4(A, i_full, Bp, p, C, p * NR, accumulate)
+                p += 4
+            while p < P:
+                block1(A, i_full, Bp, p, C, p * NR, accumulate)
+                p += 1
     if P * NR < B.shape[0]:
         gemm_nt(A, B[P * NR:], C[:, P * NR:], accumulate)
 
