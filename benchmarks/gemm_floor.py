@@ -3,29 +3,30 @@ import numpy as np, time, numba
 from numba import njit, prange
 from seqengine.backends.cpu.threads import single_threaded_blas
 from seqengine.backends.cpu import gemm
-from seqengine.backends.cpu.tiles import gemm_nt
+from seqengine.backends.cpu import tiles
+from seqengine.backends.cpu.tiles import gemm_packed
 
 @njit(parallel=True, cache=True)
-def steps(S, U, Ut, P, dP, G, T, nc):
+def steps(S, U, Up, Ut, Utp, P, dP, G, T, nc):
     B = S.shape[1]
     for c in prange(nc):
         b0 = c * B // nc; b1 = (c + 1) * B // nc
         for t in range(T):                       # forward: h @ U^T
-            gemm_nt(S[t, b0:b1], U, P[c, :b1 - b0], False)
+            gemm_packed(S[t, b0:b1], U, Up, P[c, :b1 - b0], False)
         for t in range(T - 1, -1, -1):           # backward: dP @ U
-            gemm_nt(dP[t, b0:b1], Ut, G[c, :b1 - b0], False)
+            gemm_packed(dP[t, b0:b1], Ut, Utp, G[c, :b1 - b0], False)
 
 def floor(T, B, H, reps=7):
     G4 = 4 * H
     x = np.random.rand(T * B, H).astype(np.float32); W = np.random.rand(G4, H).astype(np.float32)
     U = np.random.rand(G4, H).astype(np.float32) * 0.01
-    Ut = np.ascontiguousarray(U.T)
+    Ut = U.T; Up = tiles.packed(U); Utp = tiles.packed_columns(U)   # as the runtime packs them
     S = np.random.rand(T + 1, B, H).astype(np.float32); dP = np.random.rand(T, B, G4).astype(np.float32)
     nc = min(2, B); P = np.empty((nc, (B + nc - 1) // nc, G4), np.float32); Gb = np.empty((nc, (B + nc - 1) // nc, H), np.float32)
     def run():
         with single_threaded_blas():
             gemm.rows(x, W.T)                              # hoisted x products
-            steps(S, U, Ut, P, dP, Gb, T, nc)                  # per-step products, forward and backward
+            steps(S, U, Up, Ut, Utp, P, dP, Gb, T, nc)                  # per-step products, forward and backward
             gemm.rows(dP.reshape(T * B, G4), W)            # dx
             gemm.tn(dP.reshape(T * B, G4), x, S[:T].reshape(T * B, H))   # dW, dU (one transpose of dP)
     run(); ts = []

@@ -91,3 +91,10 @@ def test_gemm_packed_matches_numpy(M, dtype, tol):
     tiles.gemm_packed(A, B, tiles.packed(B), strided[:, 4:4 + 2 * NR], False)
     assert np.abs(strided[:, 4:4 + 2 * NR] - A.astype(np.float64) @ B.T).max() < tol * 100
     assert not strided[:, :4].any() and not strided[:, 4 + 2 * NR:].any()
+
+
+def test_generated_tiles_module_is_current():
+    """The committed seqengine/backends/cpu/_tiles_generated.py is what the generator writes now
+    (rewrite it with `python -m seqengine.backends.cpu.tiles`)."""
+    with open(tiles.GENERATED_PATH) as f:
+        assert f.read() == tiles.generate_source()
