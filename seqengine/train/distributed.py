@@ -54,6 +54,9 @@ LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE",   # Open MPI
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
+ABORT_GRACE_S = 0.5   # seconds between writing an error and MPI_Abort
+
+
 class DistributedError(RuntimeError):
     """Data-parallel training cannot run as asked (no mpi4py, a mismatched launcher, a batch too small)."""
 
@@ -287,6 +290,9 @@ class MPIWorld(World):
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPICH's launcher forwards each rank's output through a proxy that MPI_Abort tears down: with
+        # no pause the error message was lost now and then (seen once in CI: empty stderr, exit 1)
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
         os._exit(code)        # MPICH's MPI_Abort can return before the launcher ends this process
 

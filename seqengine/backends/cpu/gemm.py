@@ -121,18 +121,7 @@ def _blocks(rows: int, work: float) -> int:
 
 def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous); Bt is packed once into panels."""
-    if out is None:
-        out = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype)
-    if A.shape[1] == 0:
-        out[:] = 0
-    elif out.size:
-        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * Bt.shape[0])
-        Bp = tiles.packed(Bt) if A.shape[0] >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
-        if n == 1:
-            gemm_packed(A, Bt, Bp, out, False)
-        else:
-            _nt(A, Bt, Bp, out, n)
-    return out
+    return _multiply(A, Bt, lambda: tiles.packed(Bt), out)
 
 
 def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -141,17 +130,22 @@ def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     if B.flags.f_contiguous and not B.flags.c_contiguous:
         return nt(A, B.T, out)                                   # B^T is C-contiguous: nt packs it
     B = np.ascontiguousarray(B)
+    return _multiply(A, B.T, lambda: tiles.packed_columns(B), out)
+
+
+def _multiply(A, Bt, pack, out):
+    """out = A @ Bt^T with Bt [N, K] (maybe a view) and pack() giving its panels; rows split over threads."""
     if out is None:
-        out = workspace.empty((A.shape[0], B.shape[1]), A.dtype)
+        out = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype)
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
-        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * B.shape[1])
-        Bp = tiles.packed_columns(B) if A.shape[0] >= PACK_MIN_ROWS else tiles.no_panels(B.shape[0], B.dtype)
+        n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * Bt.shape[0])
+        Bp = pack() if A.shape[0] >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
         if n == 1:
-            gemm_packed(A, B.T, Bp, out, False)
+            gemm_packed(A, Bt, Bp, out, False)
         else:
-            _nt(A, B.T, Bp, out, n)
+            _nt(A, Bt, Bp, out, n)
     return out
 
 
