@@ -42,7 +42,6 @@ def describe(torch_threads: int | None = None) -> dict:
     """Machine, thread pools and versions, as a JSON-able dict (call after the runner's imports)."""
     import numba
     import numpy as np
-    import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS that jitted np.dot calls)
     from threadpoolctl import threadpool_info
 
     import seqengine
@@ -55,7 +54,7 @@ def describe(torch_threads: int | None = None) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {"seqengine": seqengine.__version__, "numba": numba.__version__, "numpy": np.__version__,
-                     "scipy": scipy.__version__, "llvmlite": _version("llvmlite"),
+                     "scipy": _version("scipy"), "llvmlite": _version("llvmlite"),
                      "threadpoolctl": _version("threadpoolctl")},
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": _numba_layer(),
