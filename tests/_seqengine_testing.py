@@ -11,6 +11,10 @@ import numpy as np
 import seqengine as se
 from seqengine import functional
 
+# a small corpus for the character-level training tests (test_train, test_mpi)
+CORPUS_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+               "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 20
+
 # the cells in the registry at collection time: every test parametrized over
 # `registered_cell` runs for any cell a plugin adds later
 REGISTERED = sorted(se.cells())

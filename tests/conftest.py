@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from _seqengine_testing import (BUILTIN, REGISTERED, assert_close, cast, make_problem,  # noqa: F401 (re-exported)
-                                run_engine)
+from _seqengine_testing import (BUILTIN, CORPUS_TEXT, REGISTERED, assert_close, cast,  # noqa: F401 (re-exported)
+                                make_problem, run_engine)
 
 
 def pytest_generate_tests(metafunc):
@@ -23,3 +23,11 @@ def fresh_registry(monkeypatch):
     """A new, empty `Registry` (the global one is left alone)."""
     from seqengine.plugins import Registry
     return Registry()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Path of a small UTF-8 text file (CORPUS_TEXT) for the character-level tasks."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS_TEXT, encoding="utf-8")
+    return str(path)

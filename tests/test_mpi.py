@@ -26,9 +26,6 @@ TIMEOUT = 120   # seconds for one mpiexec job; a hang shows up as a failure, not
 # float32 gradients summed in another order: measured 2.4e-7 at most after 8 steps that move parameters by 5e-2
 RTOL, ATOL = 1e-5, 2e-6
 
-CORPUS_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-               "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 20
-
 
 def _mpiexec():
     """(argv prefix, None) or (None, why MPI tests cannot run)."""
@@ -67,13 +64,6 @@ def mpirun(*args, ranks=None, timeout=TIMEOUT):
 
 def worker(*args):
     return [sys.executable, HERE, *args]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS_TEXT, encoding="utf-8")
-    return str(path)
 
 
 def chars_config(corpus, **kw):

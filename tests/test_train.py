@@ -20,17 +20,9 @@ from seqengine.train import (SGD, Adam, AddingTask, CharTask, CopyTask, CorpusEr
                              Trainer, TrainingError, clip_grad_norm, cross_entropy, lr_at, mean_squared_error,
                              read_checkpoint, sample)
 
+from _seqengine_testing import CORPUS_TEXT
+
 torch = pytest.importorskip("torch")
-
-CORPUS_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-               "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 20
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS_TEXT, encoding="utf-8")
-    return str(path)
 
 
 def tiny_chars(corpus, **kw):
