@@ -57,7 +57,7 @@ def test_nt_rows_and_tn_match_numpy(M):
     X = rng.standard_normal((M, 70))                         # more rows than one transposed block when M = 3000
     Y = rng.standard_normal((M, 3))
     np.testing.assert_allclose(gemm.tn(A, X), A.T @ X, rtol=1e-11, atol=1e-10)
-    both = gemm.tn(A, X, Y)                                  # one transpose of A for two operands
+    both = gemm.tn_many(A, [X, Y])                           # A packed once for two operands
     np.testing.assert_allclose(both[0], A.T @ X, rtol=1e-11, atol=1e-10)
     np.testing.assert_allclose(both[1], A.T @ Y, rtol=1e-11, atol=1e-10)
 

@@ -3,9 +3,11 @@
 Kernel strategy (see docs/ARCHITECTURE.md): the batch is split into chunks of
 rows, one per Numba thread (``prange``). Each thread owns its rows for all T
 steps, so steps need no synchronisation; its per-step recurrent products are
-one-thread register-tiled GEMMs (``gemm_nt(a, b, out)`` = a @ b^T, from
-``tiles.py``: weights read along their rows, no packing per step). Within a step, each segment's pointwise work is one fused loop
-over (row, hidden unit). Hoisted and deferred GEMMs run outside the kernels.
+one-thread GEMMs (``gemm_packed(a, b, b_panels, out)`` = a @ b^T, from
+``tiles.py``; the weights are packed once per call, not per step). Within a
+step, each segment's pointwise work is one fused loop over (row, hidden
+unit). Hoisted and deferred GEMMs run outside the kernels, per window of
+steps ``t0 <= t < t1``.
 
 Generated kernels (one module per cell and dtype):
 
@@ -15,7 +17,7 @@ Generated kernels (one module per cell and dtype):
   deferred weight GEMMs, propagates state adjoints, accumulates vector grads.
 
 Array names in the kernels (all C-contiguous; shapes in the header comments):
-``x_proj`` [T, B, Gx*H] products with x; ``state_<s>`` [T+1, B, H] (train) or
+``x_proj`` [W, B, Gx*H] products with x of the window's steps; ``state_<s>`` [T+1, B, H] (train) or
 [2, B, H] (infer); ``param_<p>`` [H]; ``saved_<v>`` [T, B, H];
 ``weight_<g>`` [k*H, in] stacked matrices (forward: prod = operand @ weight^T);
 ``weight_t_<g>`` [in, k*H] their transpose, a view (backward: d_operand = d_prod @ weight = d_prod @ weight_t^T);
@@ -166,9 +168,11 @@ class CpuEmitter(KernelPlan):
         for a in args:
             if a.startswith("state_"):
                 shapes[a] = "[T + 1, B, H]" if training else "[2, B, H] (slot t & 1 holds step t)"
-            elif a.startswith("weight_") and not a.startswith("weight_t_"):
-                grp = next(g for g in s.groups if a.endswith(g.name))
+            elif a in {f"weight_{g.name}" for g in s.groups}:
+                grp = next(g for g in s.groups if a == f"weight_{g.name}")
                 shapes[a] = f"[{len(grp.members)}*H, in] = [{'; '.join(grp.matrices)}]"
+            elif a.startswith("weight_p_"):
+                shapes[a] = "[k*H // NR, in, NR] the same, packed in panels (or no panel: one-step calls)"
             elif a.startswith("param_"):
                 shapes[a] = "[H]"
             elif a.startswith("saved_"):

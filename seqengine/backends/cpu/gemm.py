@@ -11,9 +11,10 @@ gives 119-126) on a contiguous block.
 
     nt(A [M, K], Bt [N, K]) -> [M, N]          A @ Bt^T        (rows of A split; Bt packed once)
     rows(A [M, K], B [K, N]) -> [M, N]         A @ B           (nt on B^T)
-    tn(A [M, K1], B [M, K2], ...) -> [K1, K2]  A^T @ B         (M split, partial sums added: A's rows
+    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (M split, partial sums added: A's rows
                                                                copied into panels, B's transposed,
                                                                block by block; result transposed)
+    tn_many(A, [B, ...])                       the same for several Bs, A packed once
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import workspace
-from . import tiles
+from . import tiles, workspace
 from .tiles import gemm_packed, pack_columns
 
 # tn packs this many rows of each B at a time into per-thread panels.
@@ -119,29 +119,40 @@ def _blocks(rows: int, work: float) -> int:
     return 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), rows))
 
 
-def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous); Bt is packed once into panels."""
-    return _multiply(A, Bt, lambda: tiles.packed(Bt), out)
+def panels(Bt: np.ndarray, rows: int) -> np.ndarray:
+    """Bt [N, K] packed for products with `rows` rows: panels when there are enough rows to repay packing,
+    else none (the dot-form tiles then multiply Bt as it is). Callers that multiply by the same Bt
+    several times (one product per window of steps) compute this once and pass it in."""
+    return tiles.packed(Bt) if rows >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
 
 
-def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """A [M, K] @ B [K, N] -> out [M, N] (A and out C-contiguous, B C-contiguous or a transposed view):
-    B's columns are packed into panels directly, no transposed copy."""
+def column_panels(B: np.ndarray, rows: int) -> np.ndarray:
+    """`panels(B.T, rows)` for B [K, N], packed from B's rows (no transposed copy)."""
+    return tiles.packed_columns(B) if rows >= PACK_MIN_ROWS else tiles.no_panels(B.shape[0], B.dtype)
+
+
+def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None) -> np.ndarray:
+    """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous); Bp: `panels(Bt, M)` if known."""
+    return _multiply(A, Bt, panels(Bt, A.shape[0]) if Bp is None else Bp, out)
+
+
+def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None) -> np.ndarray:
+    """A [M, K] @ B [K, N] -> out [M, N] (A and out C-contiguous, B C-contiguous or a transposed view);
+    Bp: `column_panels(B, M)` if known. B's columns are packed directly, no transposed copy."""
     if B.flags.f_contiguous and not B.flags.c_contiguous:
-        return nt(A, B.T, out)                                   # B^T is C-contiguous: nt packs it
+        return nt(A, B.T, out, Bp)                               # B^T is C-contiguous
     B = np.ascontiguousarray(B)
-    return _multiply(A, B.T, lambda: tiles.packed_columns(B), out)
+    return _multiply(A, B.T, column_panels(B, A.shape[0]) if Bp is None else Bp, out)
 
 
-def _multiply(A, Bt, pack, out):
-    """out = A @ Bt^T with Bt [N, K] (maybe a view) and pack() giving its panels; rows split over threads."""
+def _multiply(A, Bt, Bp, out):
+    """out = A @ Bt^T with Bt [N, K] (maybe a view) and its panels Bp; rows split over threads."""
     if out is None:
         out = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype)
     if A.shape[1] == 0:
         out[:] = 0
     elif out.size:
         n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * Bt.shape[0])
-        Bp = pack() if A.shape[0] >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
         if n == 1:
             gemm_packed(A, Bt, Bp, out, False)
         else:
@@ -149,9 +160,14 @@ def _multiply(A, Bt, pack, out):
     return out
 
 
-def tn(A: np.ndarray, *Bs: np.ndarray):
-    """A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B (a list of them for several Bs): per-thread
-    partial products over row blocks, then summed. Several Bs share the packing of A."""
+def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A [M, K1]^T @ B [M, K2] -> [K1, K2]."""
+    return tn_many(A, [B])[0]
+
+
+def tn_many(A: np.ndarray, Bs) -> list[np.ndarray]:
+    """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: per-thread partial products over row blocks,
+    then summed. The Bs share the packing of A."""
     M, K1 = A.shape
     A = np.ascontiguousarray(A)
     Bs = tuple(np.ascontiguousarray(B, A.dtype) for B in Bs)
@@ -170,4 +186,4 @@ def tn(A: np.ndarray, *Bs: np.ndarray):
         out = workspace.empty((K1, p.shape[1]), A.dtype)
         _sum_transposed(p, out)
         outs.append(out)
-    return outs[0] if len(Bs) == 1 else outs
+    return outs

@@ -47,8 +47,9 @@ PACK_MIN_STEPS = 4
 
 
 # Below this many multiply-adds per call, one thread runs all rows: a parallel region costs more
-# than it saves (and a thread woken on a busy machine can make it cost milliseconds).
-SERIAL_WORK = 2_000_000
+# than it saves (and a thread woken on a busy machine can make it cost milliseconds). The same
+# threshold as the GEMMs outside the kernels.
+SERIAL_WORK = gemm.SERIAL_WORK
 
 
 def _chunks(batch: int, work: float) -> np.ndarray:
@@ -170,10 +171,12 @@ class CpuKernels:
         if "y" in self.arg_names[kernel]:
             arrays["y"] = workspace.empty((T, B, H), dt)                # an output: always a new array
         W = arrays["x_proj"].shape[0]
+        x_panels = gemm.panels(w_x, W * B) if w_x is not None else None   # packed once for all windows
         for t0 in range(0, T, W):                                        # windows of steps
             t1 = min(T, t0 + W)
             if w_x is not None:                                          # hoisted: all steps of the window at once
-                gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1))
+                gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1),
+                        Bp=x_panels)
             arrays["t0"], arrays["t1"] = t0, t1
             self._launch(kernel, arrays, chunks)
 
@@ -227,11 +230,12 @@ class CpuKernels:
                 a[name] = np.empty((nc, bc, H), dt)
         grads = {name: workspace.zeros(p.shape, p.dtype) for name, p in params.items()}
         # weight gradients, per window: adjoint^T @ operand, one call per adjoint array (the x products
-        # and the group that shares their adjoint transpose it once for both)
-        products = []                                                    # (adjoint [W, B, k*H], operand [T, B, in], matrices)
+        # and the group that shares their adjoint pack it once for both)
+        products = {}                                                    # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], matrices)])
         if s.x_group is not None:
-            products.append((a["d_x_proj"], x, s.x_group.matrices))
+            products[id(a["d_x_proj"])] = (a["d_x_proj"], [(x, s.x_group.matrices)])
             w_x = self._x_weights(params)                                # [Gx*H, D]
+            w_x_panels = gemm.column_panels(w_x, W * B)                  # dx = d_x_proj @ W_x, packed once
             dx = workspace.empty(x.shape, x.dtype)
         else:
             dx = workspace.zeros(x.shape, x.dtype)
@@ -240,24 +244,19 @@ class CpuKernels:
                 operand = a[f"state_{s.graph.nodes[grp.operand].attr}"][:T]   # [T, B, H] states 0..T-1
             else:
                 operand = a[f"saved_{self._saved_name(grp.operand)}"]
-            products.append((a[f"d_prod_{grp.name}"], operand, grp.matrices))
+            adjoint = a[f"d_prod_{grp.name}"]
+            products.setdefault(id(adjoint), (adjoint, []))[1].append((operand, grp.matrices))
         for t0 in reversed(range(0, T, W)):                              # windows, last first
             t1 = min(T, t0 + W)
             n = (t1 - t0) * B
             a["t0"], a["t1"] = t0, t1
             self._launch("backward", a, chunks)
-            with single_threaded_blas():
-                if s.x_group is not None:                                # dx = d_x_proj @ W_x
-                    gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D))
-                left = list(products)
-                while left:
-                    adjoint = left[0][0]
-                    same = [p for p in left if p[0] is adjoint]
-                    left = [p for p in left if p[0] is not adjoint]
-                    stacked = gemm.tn(adjoint[:t1 - t0].reshape(n, -1),
-                                      *[op[t0:t1].reshape(n, -1) for _, op, _ in same])
-                    for (_, _, matrices), st in zip(same, stacked if len(same) > 1 else [stacked]):
-                        self._scatter(grads, matrices, st, H)
+            if s.x_group is not None:
+                gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D), Bp=w_x_panels)
+            for adjoint, uses in products.values():
+                stacked = gemm.tn_many(adjoint[:t1 - t0].reshape(n, -1), [op[t0:t1].reshape(n, -1) for op, _ in uses])
+                for (_, matrices), st in zip(uses, stacked):
+                    self._scatter(grads, matrices, st, H)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 from numba import njit
 
 
@@ -267,10 +268,10 @@ def gemm_packed(A, B, Bp, C, accumulate):
     P, K, NR = Bp.shape
     for i_blk in range(0, M, 96):                                  # rows of A kept in L1/L2 across panels
         i_end = min(i_blk + 96, M)
-        i_full = i_blk + (i_end - i_blk) // 6 * 6
+        i_full = i_blk + (i_end - i_blk) // MR_P * MR_P
         rest = i_end - i_full
         for p in range(P):
-            for i0 in range(i_blk, i_full, 6):
+            for i0 in range(i_blk, i_full, MR_P):
                 block6(A, i0, Bp, p, C, p * NR, accumulate)
             if rest == 5:
                 block5(A, i_full, Bp, p, C, p * NR, accumulate)
@@ -299,7 +300,6 @@ def gemm_packed(A, B, Bp, C, accumulate):
 
 def packed(B):
     """pack(B) in a new array [N // NR, K, NR]; no panels (the dot-form path only) if N < NR."""
-    import numpy as np
     NR = panel_width(B.dtype.itemsize)
     Bp = np.empty((B.shape[0] // NR, B.shape[1], NR), B.dtype)
     pack(B, Bp)
@@ -309,14 +309,12 @@ def packed(B):
 def no_panels(K: int, dtype):
     """An empty panel array: `gemm_packed` then multiplies everything with the dot-form tiles
     (for one-step calls, where packing the weights would cost more than it saves)."""
-    import numpy as np
     dtype = np.dtype(dtype)
     return np.empty((0, K, panel_width(dtype.itemsize)), dtype)
 
 
 def packed_columns(B):
     """Panels of B^T for B [K, N] (what `packed(B.T)` gives, without the transposed copy)."""
-    import numpy as np
     NR = panel_width(B.dtype.itemsize)
     Bp = np.empty((B.shape[1] // NR, B.shape[0], NR), B.dtype)
     pack_columns(B, 0, B.shape[0], Bp)
