@@ -62,6 +62,19 @@ def test_nt_rows_and_tn_match_numpy(M):
     np.testing.assert_allclose(both[1], A.T @ Y, rtol=1e-11, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-11), (np.float32, 2e-5)])
+def test_tn_many_over_several_depth_blocks_and_threads(dtype, tol):
+    """Depth M past one TN_BLOCK, result rows split over threads at whole register blocks, transposed
+    tiles with row and column rests, operands with and without a column tail after the panels."""
+    rng = np.random.default_rng(7)
+    M = gemm.TN_BLOCK + 21
+    A = rng.standard_normal((M, 4 * 32 + 13)).astype(dtype)
+    Bs = [rng.standard_normal((M, k)).astype(dtype) for k in (64, 45, 2)]
+    for out, B in zip(gemm.tn_many(A, Bs), Bs):
+        ref = A.astype(np.float64).T @ B.astype(np.float64)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
 def test_tn_of_no_rows_is_zero():
     out = gemm.tn(np.zeros((0, 4)), np.zeros((0, 3)))
     assert out.shape == (4, 3) and not out.any()

@@ -11,10 +11,9 @@ gives 119-126) on a contiguous block.
 
     nt(A [M, K], Bt [N, K]) -> [M, N]          A @ Bt^T        (rows of A split; Bt packed once)
     rows(A [M, K], B [K, N]) -> [M, N]         A @ B           (nt on B^T)
-    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (M split, partial sums added: A's rows
-                                                               copied into panels, B's transposed,
-                                                               block by block; result transposed)
-    tn_many(A, [B, ...])                       the same for several Bs, A packed once
+    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (A transposed, B packed into panels,
+                                                               K1 split)
+    tn_many(A, [B, ...])                       the same for several Bs, A transposed once
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import tiles, workspace
-from .tiles import gemm_packed, pack_columns
+from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed
 
 # tn packs this many rows of each B at a time into per-thread panels.
 TN_BLOCK = 512
@@ -41,71 +40,85 @@ def _nt(A, Bt, Bp, out, n_blocks):
 
 
 @njit(cache=True)
-def _transpose_rows(A, m0, n, a_t):
-    """a_t [K, n] = A[m0:m0+n]^T, in stripes of 16 columns of A so the written rows stay in L1
-    (a plain row-by-row transpose touched K cache lines per row: 3 ns an element)."""
-    K = A.shape[1]
-    for k0 in range(0, K, 16):
-        k1 = min(k0 + 16, K)
-        for m in range(n):
-            for k in range(k0, k1):
-                a_t[k, m] = A[m0 + m, k]
+def _transpose_block(A, m0, m1, r0, r1, at):
+    """at [r1 - r0, m1 - m0] = A[m0:m1, r0:r1]^T, in 16 x 16 tiles through a local tile (which LLVM keeps
+    in registers): 0.4 ns an element, where reading or writing with a stride one element at a time cost
+    0.6-1.5 ns."""
+    tile = np.empty((16, 16), A.dtype)
+    m_full = m0 + (m1 - m0) // 16 * 16
+    r_full = r0 + (r1 - r0) // 16 * 16
+    for r in range(r0, r_full, 16):
+        for m in range(m0, m_full, 16):
+            for i in range(16):
+                for j in range(16):
+                    tile[j, i] = A[m + i, r + j]
+            for j in range(16):
+                for i in range(16):
+                    at[r - r0 + j, m - m0 + i] = tile[j, i]
+        for m in range(m_full, m1):
+            for j in range(16):
+                at[r - r0 + j, m - m0] = A[m, r + j]
+    for r in range(r_full, r1):
+        for m in range(m0, m1):
+            at[r - r0, m - m0] = A[m, r]
 
 
 @njit(cache=True)
-def _tn_rows(A, Bs, r0, r1, outs, c, Ap, Bt, NR):
-    """outs[q][c] [K2q, K1] = (A[r0:r1]^T @ Bs[q][r0:r1])^T for each q, TN_BLOCK rows at a time.
-
-    The register-block kernel broadcasts elements along the rows of one operand and reads the other in
-    packed panels. A (the product adjoints, K1 = k*H columns) is the wide one: its rows are copied into
-    panels Ap [P * TN_BLOCK * NR] once per block for all the Bs; each B (K2 = D or H columns) is
-    transposed into Bt [K2 * TN_BLOCK] so that the broadcasts read along rows (read in place they are
-    K2 floats apart and alias in L1: 233 vs 339 GFLOP/s; transposing A instead moved 4x the data).
-    The result comes out transposed; the caller transposes the sum."""
-    K1 = A.shape[1]
-    P = K1 // NR
-    first = True
-    for m0 in range(r0, r1, TN_BLOCK):
-        n = min(m0 + TN_BLOCK, r1) - m0
-        ap = Ap[:P * n * NR].reshape((P, n, NR))                 # panels of A[m0:m0+n]^T
-        pack_columns(A, m0, n, ap)
-        for q in range(len(Bs)):
-            B = Bs[q]
-            K2 = B.shape[1]
-            b_t = Bt[:K2 * n].reshape((K2, n))                   # [K2, n] = B[m0:m0+n]^T
-            _transpose_rows(B, m0, n, b_t)
-            gemm_packed(b_t, A[m0:m0 + n].T, ap, outs[q][c], not first)
-        first = False
-    if first:
-        for q in range(len(Bs)):
-            outs[q][c, :, :] = 0
+def _panels_of_block(Bp, m0, m1, K2):
+    """The panels [K2 // NR, m1 - m0, NR] of rows m0:m1 (one TN_BLOCK) of B inside its flat panel buffer
+    Bp: each block's panels are contiguous, as the register blocks need."""
+    NR = NV * VECTOR_BYTES // Bp.itemsize                          # tiles.panel_width
+    P = K2 // NR
+    return Bp[m0 * P * NR:m1 * P * NR].reshape((P, m1 - m0, NR))
 
 
-@njit(parallel=True, cache=True)
-def _tn(A, Bs, partials, Ap, Bt, NR):
+@njit(cache=True)
+def _pack_rows(B, m0, m1, Bp):
+    """Rows m0:m1 of B [M, K2] into its flat panel buffer Bp, block by block (see _panels_of_block)."""
+    M, K2 = B.shape
+    for b0 in range(m0 - m0 % TN_BLOCK, m1, TN_BLOCK):
+        bp = _panels_of_block(Bp, b0, min(b0 + TN_BLOCK, M), K2)      # [P, n, NR]
+        P, _, NR = bp.shape
+        for m in range(max(m0, b0), min(m1, b0 + TN_BLOCK)):
+            for p in range(P):
+                for c in range(NR):
+                    bp[p, m - b0, c] = B[m, p * NR + c]
+
+
+@njit(cache=True)
+def _tn_rows(A, Bs, Bps, outs, r0, r1, at):
+    """outs[q][r0:r1] = A[:, r0:r1]^T @ Bs[q], TN_BLOCK rows of A and the Bs (the sum's depth) at a time:
+    the block of A^T (the register blocks' broadcast rows) is transposed into `at`, where it stays in
+    cache for all the Bs, which are read in their panels Bps[q]."""
     M = A.shape[0]
-    n_blocks = partials[0].shape[0]
-    for c in prange(n_blocks):
-        _tn_rows(A, Bs, c * M // n_blocks, (c + 1) * M // n_blocks, partials, c, Ap[c], Bt[c], NR)
+    for m0 in range(0, M, TN_BLOCK):
+        m1 = min(m0 + TN_BLOCK, M)
+        a_t = at[:(r1 - r0) * (m1 - m0)].reshape((r1 - r0, m1 - m0))     # [r1 - r0, n]
+        _transpose_block(A, m0, m1, r0, r1, a_t)
+        for q in range(len(Bs)):
+            Bt = Bs[q].T                                              # [K2, M]: its columns past the panels
+            gemm_packed(a_t, Bt[:, m0:m1], _panels_of_block(Bps[q], m0, m1, Bt.shape[0]),   # go through
+                        outs[q][r0:r1], m0 > 0)                                               # dot-form tiles
 
 
 @njit(parallel=True, cache=True)
-def _sum_transposed(partials, out):
-    """out [K1, K2] = sum over c of partials[c] [K2, K1] transposed, in 32 x 32 blocks (rows of both
-    stay in L1); a numpy strided add of the transposed views cost 2.4 ms a step at 50x16x512."""
-    n, K2, K1 = partials.shape
-    for ib in prange((K1 + 31) // 32):
-        i0 = ib * 32
-        i1 = min(i0 + 32, K1)
-        for j0 in range(0, K2, 32):
-            j1 = min(j0 + 32, K2)
-            for ii in range(i1 - i0):                # (zero-based inner ranges: LLVM vectorizes them)
-                for jj in range(j1 - j0):
-                    out[i0 + ii, j0 + jj] = partials[0, j0 + jj, i0 + ii]
-            for c in range(1, n):
-                for ii in range(i1 - i0):
-                    for jj in range(j1 - j0):
-                        out[i0 + ii, j0 + jj] += partials[c, j0 + jj, i0 + ii]
+def _tn(A, Bs, Bps, outs, at, n_blocks):
+    """`tn_many` on n_blocks threads: the Bs packed (rows split), then the result's rows split."""
+    M, K1 = A.shape
+    for c in prange(n_blocks):
+        for q in range(len(Bs)):
+            _pack_rows(Bs[q], c * M // n_blocks, (c + 1) * M // n_blocks, Bps[q])
+    sixes = (K1 + MR_P - 1) // MR_P                               # whole register blocks of result rows
+    for c in prange(n_blocks):
+        _tn_rows(A, Bs, Bps, outs, min(K1, c * sixes // n_blocks * MR_P),
+                 min(K1, (c + 1) * sixes // n_blocks * MR_P), at[c])
+
+
+@njit(cache=True)
+def _tn_serial(A, Bs, Bps, outs, at):
+    for q in range(len(Bs)):
+        _pack_rows(Bs[q], 0, A.shape[0], Bps[q])
+    _tn_rows(A, Bs, Bps, outs, 0, A.shape[1], at)
 
 
 # Products with at least this many rows pack the weight into panels for the register-block kernel.
@@ -166,24 +179,24 @@ def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def tn_many(A: np.ndarray, Bs) -> list[np.ndarray]:
-    """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: per-thread partial products over row blocks,
-    then summed. The Bs share the packing of A."""
+    """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: each B packed into panels once, the result's rows
+    split over threads, each summing over all M in blocks of A^T transposed into its cache (no
+    per-thread partial results to add up afterwards). The Bs share each transposed block of A."""
     M, K1 = A.shape
     A = np.ascontiguousarray(A)
     Bs = tuple(np.ascontiguousarray(B, A.dtype) for B in Bs)
-    n = _blocks(M, float(M) * K1 * sum(B.shape[1] for B in Bs))
-    block = min(TN_BLOCK, max(M, 1))
+    outs = tuple(workspace.empty((K1, B.shape[1]), A.dtype) for B in Bs)
+    if M == 0:
+        for out in outs:
+            out[:] = 0
+        return list(outs)
     NR = tiles.panel_width(A.dtype.itemsize)
-    partials = tuple(workspace.empty((n, B.shape[1], K1), A.dtype) for B in Bs)    # transposed results
-    Ap = workspace.empty((n, max(1, K1 // NR * block * NR)), A.dtype)
-    Bt = workspace.empty((n, max(B.shape[1] for B in Bs) * block), A.dtype)
+    Bps = tuple(workspace.empty(B.shape[1] // NR * NR * M, A.dtype) for B in Bs)   # per block [K2 // NR, n, NR]
+    n = _blocks(K1, float(M) * K1 * sum(B.shape[1] for B in Bs))
+    rows_each = -(-K1 // (n * MR_P)) * MR_P + MR_P
+    at = workspace.empty((n, rows_each * min(M, TN_BLOCK)), A.dtype)              # per thread [rows, n]
     if n == 1:
-        _tn_rows(A, Bs, 0, M, partials, 0, Ap[0], Bt[0], NR)
+        _tn_serial(A, Bs, Bps, outs, at[0])
     else:
-        _tn(A, Bs, partials, Ap, Bt, NR)
-    outs = []
-    for p in partials:                                           # sum the threads' [K2, K1] and transpose
-        out = workspace.empty((K1, p.shape[1]), A.dtype)
-        _sum_transposed(p, out)
-        outs.append(out)
-    return outs
+        _tn(A, Bs, Bps, outs, at, n)
+    return list(outs)
