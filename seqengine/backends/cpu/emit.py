@@ -32,7 +32,7 @@ from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
 from ...compiler.kernelplan import KernelPlan, SourceWriter, load
 from ...compiler.schedule import Schedule
-from . import tiles
+from . import fastmath, team, tiles
 
 FASTMATH = '{"nsz", "arcp", "contract", "afn", "reassoc"}'   # keeps NaN/Inf semantics
 # error_model="numpy": no ZeroDivisionError check per division, which would keep loops scalar
@@ -71,11 +71,11 @@ def raise_vectorizer_limits():
         llvm.set_option("seqengine", "-vectorize-memory-check-threshold=4096")
 
 
-def _fastmath_digest() -> str:
-    """Generated modules import fastmath; its digest in their source keys Numba's cache to its version."""
+def _digest(module) -> str:
+    """Generated modules import fastmath and team; their digests in the source key Numba's cache to
+    their versions (Numba's cache does not see a changed callee)."""
     import hashlib
-    from . import fastmath
-    return hashlib.sha256(open(fastmath.__file__, "rb").read()).hexdigest()[:16]
+    return hashlib.sha256(open(module.__file__, "rb").read()).hexdigest()[:16]
 
 
 class CpuEmitter(KernelPlan):
@@ -117,37 +117,92 @@ class CpuEmitter(KernelPlan):
         with w.indent():
             w('"""One thread\'s share: batch rows b0:b1 (chunk c) for steps t0 <= t < t1."""')
             self.header_comments(w, args, training)
-            w(f"H = state_{s.states[0]}.shape[2]")
-            w("for t in range(t0, t1):")
-            with w.indent():
-                for seg in range(len(s.segments)):
-                    for grp in s.groups:
-                        if grp.level != seg:
-                            continue
-                        op = self.operand_rows(grp, training)
-                        w(f"gemm_packed({op}, weight_{grp.name}, weight_p_{grp.name}, prod_{grp.name}[c, :b1 - b0], False)"
-                          f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
-                    self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training))
+            self.forward_steps(w, training, team=False)
         self.driver(w, name, args)
         return w.text(), args
 
-    def rows_loop(self, w: SourceWriter, padding: list[str], lines: list[str]):
-        """For each row b of the chunk: `padding` past its sequence's end, else `lines`; each over j."""
+    def forward_team(self) -> tuple[str, list[str]]:
+        """Inference with the hidden units split over the members of one parallel region (team.py):
+        member m owns units j0:j1 of every row, multiplies by its columns of each weight (which stay
+        in its cache) and does their pointwise work; the members meet after every segment, before
+        anyone multiplies by a vector the others wrote. Per-thread arrays use chunk 0, rows 0:B."""
+        w = SourceWriter()
+        _, forward_args = self.forward(False)
+        args = ["units", "sync", "limit"] + forward_args[1:]
+        w(JIT)
+        w(f"def forward_infer_member(m, n, j0, j1, {', '.join(args[1:])}):")
+        with w.indent():
+            w('"""Member m of n: hidden units j0:j1 of all rows for steps t0 <= t < t1 (inference).')
+            w('Returns False if the team gave up waiting (sync[1] set; the caller reruns the window)."""')
+            w("# units: [n + 1] unit bounds (multiples of a panel's NR columns); sync: [2] team.new_sync()")
+            self.header_comments(w, args, False)
+            w("c, b0, b1 = 0, 0, lengths.shape[0]")
+            w("meetings = 0")
+            self.forward_steps(w, False, team=True)
+            w("return True")
+        w("")
+        w("")
+        w("@njit(parallel=True, cache=True)")
+        w(f"def forward_infer_team({', '.join(args)}):")
+        with w.indent():
+            w("n = units.shape[0] - 1")
+            w("for m in prange(n):")
+            with w.indent():
+                w(f"forward_infer_member(m, n, units[m], units[m + 1], {', '.join(args[1:])})")
+        return w.text(), args
+
+    def forward_steps(self, w: SourceWriter, training: bool, team: bool):
+        """The time loop of a forward kernel: per segment, its products, then its pointwise loop over
+        rows b0:b1 and units (all H, or a team member's j0:j1 followed by a meeting)."""
+        s, g = self.s, self.g
+        w(f"H = state_{s.states[0]}.shape[2]")
+        w("for t in range(t0, t1):")
+        with w.indent():
+            for seg in range(len(s.segments)):
+                for grp in s.groups:
+                    if grp.level != seg:
+                        continue
+                    op = self.operand_rows(grp, training)
+                    label = f"   # {' ; '.join(grp.matrices)} @ {g.label(grp.operand)}"
+                    if not team:
+                        w(f"gemm_packed({op}, weight_{grp.name}, weight_p_{grp.name}, prod_{grp.name}[c, :b1 - b0], False)"
+                          + label)
+                        continue
+                    w(f"for k in range({len(grp.members)}):   # this member's columns of each gate block" + label)
+                    with w.indent():
+                        w("q0, q1 = k * H + j0, k * H + j1")
+                        w(f"NR = weight_p_{grp.name}.shape[2]")
+                        w(f"gemm_packed({op}, weight_{grp.name}[q0:q1], weight_p_{grp.name}[q0 // NR:q1 // NR], "
+                          f"prod_{grp.name}[c, :b1 - b0, q0:q1], False)")
+                self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training),
+                               "j0, j1" if team else "H")
+                if team:
+                    w("meetings += 1")
+                    w("if not barrier(sync, n, meetings, limit):")
+                    with w.indent():
+                        w("return False")
+
+    def rows_loop(self, w: SourceWriter, padding: list[str], lines: list[str], units: str = "H"):
+        """For each row b of the chunk: `padding` past its sequence's end, else `lines`; each over the
+        hidden units j in range(units)."""
         w("for b in range(b0, b1):")
         with w.indent():
             w("r = b - b0")
             w("if t >= lengths[b]:   # past the end of this sequence")
             with w.indent():
-                self.element_loop(w, padding)
+                self.element_loop(w, padding, units)
                 w("continue")
-            self.element_loop(w, lines)
+            self.element_loop(w, lines, units)
 
     @staticmethod
-    def element_loop(w: SourceWriter, lines: list[str]):
+    def element_loop(w: SourceWriter, lines: list[str], units: str = "H"):
         """`lines` for every hidden unit j of row b (one loop, which LLVM vectorizes)."""
         if not lines:
             return
-        w("for j in range(H):")
+        # a team member's units j0:j1 run as an unsigned range: over a signed range(j0, j1) LLVM left the
+        # loop scalar (10x slower), as it cannot rule out negative (wrapping) indices
+        w(f"for j in range({units}):" if units == "H" else
+          f"for j in range({', '.join(f'np.uint64({u.strip()})' for u in units.split(','))}):")
         with w.indent():
             for line in lines:
                 w(line)
@@ -265,15 +320,17 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
     """The source of the kernel module, and each kernel's argument names."""
     em = CpuEmitter(sched, dtype)
     g: Graph = sched.graph
-    kernels = {"forward_train": em.forward(True), "forward_infer": em.forward(False), "backward": em.backward()}
+    kernels = {"forward_train": em.forward(True), "forward_infer": em.forward(False), "backward": em.backward(),
+               "forward_infer_team": em.forward_team()}
     used = {n.op for n in g.nodes if n.id in sched.live and n.op in HELPERS}
     if "softplus" in used:
         used |= {"sigmoid", "exp"}   # its derivative, its body
     fast = {fn: FAST32[fn] for fn in used if fn in FAST32} if dtype == "float32" else {}
-    header = f"{doc}\n\nfloat32 exp/tanh/sigmoid: seqengine.backends.cpu.fastmath {_fastmath_digest()}" if fast else doc
+    header = f"{doc}\n\nfloat32 exp/tanh/sigmoid: seqengine.backends.cpu.fastmath {_digest(fastmath)}" if fast else doc
     parts = [f'"""seqengine CPU kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{header}\n"""',
              "import math", "", "import numpy as np", "from numba import njit, prange", "",
-             f"from seqengine.backends.cpu.tiles import gemm_packed   # tiles {tiles.SOURCE_HASH}", ""]
+             f"from seqengine.backends.cpu.tiles import gemm_packed   # tiles {tiles.SOURCE_HASH}",
+             f"from seqengine.backends.cpu.team import barrier   # team {_digest(team)}", ""]
     if fast:
         parts.append("from seqengine.backends.cpu.fastmath import "
                      + ", ".join(f"{src} as {fn}" for fn, src in sorted(fast.items())))

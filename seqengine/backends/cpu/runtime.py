@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ...compiler.schedule import Schedule
-from . import gemm, tiles, workspace
+from . import gemm, team, tiles, workspace
 from .threads import single_threaded_blas
 
 
@@ -52,6 +52,26 @@ PACK_MIN_STEPS = 4
 SERIAL_WORK = gemm.SERIAL_WORK
 
 
+# Inference splits hidden units over a team (one parallel region whose members meet once per segment
+# of a step, team.py) instead of splitting rows when there are fewer than this many rows per thread,
+# at least TEAM_MIN_STEPS steps (to repay starting it) and whole panels of each weight per member.
+# Streaming LSTM (1000 x 1 x 256): each member's half of U stays in its L2 (1 MiB of U per step
+# read from L3 cost 8.6 us; a half from L2 3.8 us).
+TEAM_MAX_ROWS_PER_THREAD = 2
+TEAM_MIN_STEPS = 16
+
+
+def _team_units(training: bool, T: int, B: int, H: int, panel: int) -> np.ndarray | None:
+    """Hidden-unit bounds [n + 1] of each team member (whole panels), or None: split rows instead."""
+    if training or T < TEAM_MIN_STEPS or not team.usable():
+        return None
+    n = min(numba.get_num_threads(), team.cores())
+    if n < 2 or B >= TEAM_MAX_ROWS_PER_THREAD * n or H % panel or H // panel < n:
+        return None
+    panels = H // panel
+    return np.array([c * panels // n * panel for c in range(n + 1)], np.int64)
+
+
 def _chunks(batch: int, work: float) -> np.ndarray:
     """Row bounds giving each Numba thread one contiguous slice of the batch."""
     n = 1 if work < SERIAL_WORK else max(1, min(numba.get_num_threads(), batch))
@@ -62,7 +82,7 @@ class CpuKernels:
     def __init__(self, sched: Schedule, module, dtype: np.dtype):
         self.sched, self.module, self.dtype = sched, module, np.dtype(dtype)
         self.arg_names = {k: getattr(module, k.upper() + "_ARGS") for k in ("forward_train", "forward_infer",
-                                                                          "backward")}
+                                                                          "forward_infer_team", "backward")}
         self._scratch = threading.local()   # inference buffers reused across calls (streaming steps)
 
     # -- weight packing ----------------------------------------------------------
@@ -91,6 +111,22 @@ class CpuKernels:
                 getattr(self.module, kernel + "_rows")(0, chunks[0], chunks[1], *args[1:])
             else:
                 getattr(self.module, kernel)(*args)
+
+    def _launch_team(self, arrays: dict, units: np.ndarray) -> bool:
+        """Inference steps t0:t1 on a team splitting hidden units; False (states as they were at t0)
+        if the team gave up, for the caller to run the row-split kernel instead."""
+        s = self.sched
+        slot = arrays["t0"] & 1
+        start = {st: arrays[f"state_{st}"][slot].copy() for st in s.states}    # [B, H] each
+        arrays["units"], arrays["sync"], arrays["limit"] = units, team.new_sync(), team.LIMIT
+        with single_threaded_blas():
+            self.module.forward_infer_team(*[arrays[n] for n in self.arg_names["forward_infer_team"]])
+        if arrays["sync"][team.ABORTED] == 0:
+            return True
+        team.give_up()
+        for st in s.states:
+            arrays[f"state_{st}"][slot] = start[st]
+        return False
 
     def _work(self, T: int, B: int, D: int, H: int) -> float:
         """Multiply-adds of the GEMMs of one forward (decides serial vs parallel)."""
@@ -146,7 +182,8 @@ class CpuKernels:
         s, dt = self.sched, self.dtype
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
-        chunks = _chunks(B, self._work(T, B, D, H))
+        units = _team_units(training, T, B, H, tiles.panel_width(dt.itemsize))
+        chunks = _chunks(B, 0 if units is not None else self._work(T, B, D, H))   # a team: one chunk of all rows
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
         arrays = dict(self._buffers(training, T, B, D, H, nc, bc))
         arrays["chunks"] = chunks
@@ -178,7 +215,8 @@ class CpuKernels:
                 gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1),
                         Bp=x_panels)
             arrays["t0"], arrays["t1"] = t0, t1
-            self._launch(kernel, arrays, chunks)
+            if units is None or not self._launch_team(arrays, units):
+                self._launch(kernel, arrays, chunks)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
