@@ -28,6 +28,8 @@ per-thread values crossing segments.
 
 from __future__ import annotations
 
+import re
+
 from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
 from ...compiler.kernelplan import KernelPlan, SourceWriter, load
@@ -76,6 +78,43 @@ def _digest(module) -> str:
     their versions (Numba's cache does not see a changed callee)."""
     import hashlib
     return hashlib.sha256(open(module.__file__, "rb").read()).hexdigest()[:16]
+
+
+_ELEMENT = re.compile(r"\b([A-Za-z_]\w*)\[([^\[\]]*)\]")
+
+
+def unit_views(lines: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Rewrite element lines over units j0:j1 to index 1-D views by j = 0 .. j1 - j0 - 1.
+
+    Every array element of a line is indexed by unit j in its last axis (``a[j]``, ``a[t, b, j]``,
+    ``a[c, r, 2 * H + j]``); each becomes ``a_u<k>[j]`` with ``a_u<k> = a[t, b, 2 * H + j0:2 * H + j1]``
+    defined before the loop. Over ``range(j0, j1)`` LLVM could not rule out negative (wrapping)
+    indices and kept the loop scalar or gathered (LSTM, 128 units: 1.8 vs 0.14 us a step); over a
+    zero-based loop into 1-D views it emits the same packed code as the all-units loop."""
+    views: dict[tuple[str, str], str] = {}
+
+    def view(m: re.Match) -> str:
+        name, index = m.group(1), m.group(2)
+        *lead, last = [part.strip() for part in index.split(",")]
+        if last == "j":
+            lo, hi = "j0", "j1"
+        elif last.endswith(" * H + j"):
+            k = last[:-len(" + j")]
+            lo, hi = f"{k} + j0", f"{k} + j1"
+        else:
+            raise ValueError(f"element {m.group(0)!r} is not indexed by unit j in its last axis")
+        source = f"{name}[{', '.join(lead + [f'{lo}:{hi}'])}]"
+        key = (name, source)
+        if key not in views:
+            views[key] = f"{name}_u{len(views)}"
+        return f"{views[key]}[j]"
+
+    out = [_ELEMENT.sub(view, line) for line in lines]
+    for line in out:
+        bare = re.sub(r"\w+_u\d+\[j\]", "", line)
+        if re.search(r"\bj\b", bare):
+            raise ValueError(f"unit index j outside an array element in {line!r}")
+    return [(name, source) for (_, source), name in views.items()], out
 
 
 class CpuEmitter(KernelPlan):
@@ -196,13 +235,16 @@ class CpuEmitter(KernelPlan):
 
     @staticmethod
     def element_loop(w: SourceWriter, lines: list[str], units: str = "H"):
-        """`lines` for every hidden unit j of row b (one loop, which LLVM vectorizes)."""
+        """`lines` for every hidden unit j of row b (one loop, which LLVM vectorizes): all H units, or a
+        team member's j0:j1 (`units` "j0, j1", through `unit_views`)."""
         if not lines:
             return
-        # a team member's units j0:j1 run as an unsigned range: over a signed range(j0, j1) LLVM left the
-        # loop scalar (10x slower), as it cannot rule out negative (wrapping) indices
-        w(f"for j in range({units}):" if units == "H" else
-          f"for j in range({', '.join(f'np.uint64({u.strip()})' for u in units.split(','))}):")
+        if units != "H":
+            views, lines = unit_views(lines)
+            for name, source in views:
+                w(f"{name} = {source}")
+            units = f"{views[0][0]}.shape[0]" if views else "j1 - j0"
+        w(f"for j in range({units}):")
         with w.indent():
             for line in lines:
                 w(line)

@@ -136,12 +136,12 @@ def panels(Bt: np.ndarray, rows: int) -> np.ndarray:
     """Bt [N, K] packed for products with `rows` rows: panels when there are enough rows to repay packing,
     else none (the dot-form tiles then multiply Bt as it is). Callers that multiply by the same Bt
     several times (one product per window of steps) compute this once and pass it in."""
-    return tiles.packed(Bt) if rows >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
+    return tiles.packed(Bt, workspace.empty) if rows >= PACK_MIN_ROWS else tiles.no_panels(Bt.shape[1], Bt.dtype)
 
 
 def column_panels(B: np.ndarray, rows: int) -> np.ndarray:
     """`panels(B.T, rows)` for B [K, N], packed from B's rows (no transposed copy)."""
-    return tiles.packed_columns(B) if rows >= PACK_MIN_ROWS else tiles.no_panels(B.shape[0], B.dtype)
+    return tiles.packed_columns(B, workspace.empty) if rows >= PACK_MIN_ROWS else tiles.no_panels(B.shape[0], B.dtype)
 
 
 def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None) -> np.ndarray:

@@ -200,7 +200,7 @@ class CpuKernels:
             weight = arrays[f"weight_{grp.name}"] = self._stack(params, grp.matrices)      # [k*H, in]
             # packed in panels for the register-block kernel when enough steps use it (a one-step
             # streaming call multiplies with the dot-form tiles instead of packing U each time)
-            arrays[f"weight_p_{grp.name}"] = (tiles.packed(weight) if T >= PACK_MIN_STEPS
+            arrays[f"weight_p_{grp.name}"] = (tiles.packed(weight, workspace.empty) if T >= PACK_MIN_STEPS
                                               else tiles.no_panels(weight.shape[1], dt))
         for p in s.graph.vectors:
             arrays[f"param_{p}"] = params[p]
@@ -256,7 +256,7 @@ class CpuKernels:
             a[f"d_prod_{grp.name}"] = workspace.empty((W, B, len(grp.members) * H), dt)
             weight = self._stack(params, grp.matrices)                                   # [k*H, in]
             a[f"weight_t_{grp.name}"] = weight.T                                         # [in, k*H] view
-            a[f"weight_tp_{grp.name}"] = (tiles.packed_columns(weight) if T >= PACK_MIN_STEPS
+            a[f"weight_tp_{grp.name}"] = (tiles.packed_columns(weight, workspace.empty) if T >= PACK_MIN_STEPS
                                           else tiles.no_panels(weight.shape[0], dt))
         if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
             a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
