@@ -27,8 +27,8 @@ def team_launches(monkeypatch):
     count = {"done": 0}
     launch = runtime.CpuKernels._launch_team
 
-    def counting(self, arrays, units):
-        ok = launch(self, arrays, units)
+    def counting(self, *args):
+        ok = launch(self, *args)
         count["done"] += ok
         return ok
     monkeypatch.setattr(runtime.CpuKernels, "_launch_team", counting)
@@ -55,7 +55,7 @@ def test_team_inference_equals_the_row_split_forward(name, dtype, tol, team_laun
     H = 3 * tiles.panel_width(np.dtype(dtype).itemsize)          # 3 panels: members own 1 and 2
     for B, lengths in [(1, None), (3, np.array([T, 5, 17]))]:
         params, x, state0 = _problem(cell, B, H, dtype)
-        assert runtime._team_units(False, T, B, H, tiles.panel_width(np.dtype(dtype).itemsize)) is not None
+        assert runtime._team_units(False, T, B, H, tiles.panel_width(np.dtype(dtype).itemsize), 0) is not None
         before = team_launches["done"]
         y, final, _ = functional.forward(cell, params, x, state0, training=False, lengths=lengths)
         assert team_launches["done"] == before + 1
@@ -65,13 +65,20 @@ def test_team_inference_equals_the_row_split_forward(name, dtype, tol, team_laun
             np.testing.assert_allclose(final[s], final_ref[s], rtol=tol, atol=tol)
 
 
-def test_no_team_where_rows_split_well_or_units_do_not_fill_panels():
-    nr = tiles.panel_width(4)
-    assert runtime._team_units(True, T, 1, 4 * nr, nr) is None                  # training splits rows
-    assert runtime._team_units(False, runtime.TEAM_MIN_STEPS - 1, 1, 4 * nr, nr) is None
-    assert runtime._team_units(False, T, 64, 4 * nr, nr) is None                # enough rows per thread
-    assert runtime._team_units(False, T, 1, 4 * nr + 1, nr) is None             # not whole panels
-    assert runtime._team_units(False, T, 1, nr, nr) is None                     # one panel: one member
+def test_no_team_where_rows_split_well_or_units_do_not_fill_panels(monkeypatch):
+    monkeypatch.setattr(team, "usable", lambda: True)
+    monkeypatch.setattr(team, "cores", lambda: 2)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    nr, big = tiles.panel_width(4), runtime.TEAM_TRAIN_MIN_WEIGHT_BYTES
+    assert list(runtime._team_units(False, T, 1, 4 * nr, nr, 0)) == [0, 2 * nr, 4 * nr]
+    assert list(runtime._team_units(False, T, 1, 3 * nr, nr, 0)) == [0, nr, 3 * nr]   # whole panels
+    assert runtime._team_units(False, runtime.TEAM_MIN_STEPS - 1, 1, 4 * nr, nr, 0) is None
+    assert runtime._team_units(False, T, 4, 4 * nr, nr, 0) is None               # 2 rows per thread: rows
+    assert runtime._team_units(False, T, 1, 4 * nr + 1, nr, 0) is None           # not whole panels
+    assert runtime._team_units(False, T, 1, nr, nr, 0) is None                   # one panel: one member
+    assert runtime._team_units(True, T, 16, 4 * nr, nr, big) is not None         # training: 8 rows a thread
+    assert runtime._team_units(True, T, 18, 4 * nr, nr, big) is None             # 9 rows a thread
+    assert runtime._team_units(True, T, 16, 4 * nr, nr, big - 1) is None         # weights that fit the caches
 
 
 @needs_two_threads
@@ -121,3 +128,35 @@ def test_barrier_orders_every_step():
     _relay(sync, out, steps, team.DEFAULT_LIMIT)
     assert sync[team.ARRIVED] == 2 * steps and sync[team.ABORTED] == 0
     np.testing.assert_array_equal(out, np.tile(np.arange(steps), (2, 1)))
+
+
+@needs_two_threads
+@pytest.mark.parametrize("name", CELLS)
+def test_team_training_step_equals_the_row_split_step(name, monkeypatch, team_launches):
+    """Training with few rows per thread and big weights splits units in forward and backward: every
+    output, state, input and parameter gradient equals the row-split step (float64), with variable
+    lengths and windows of steps (the team carries state adjoints from window to window)."""
+    cell = get_cell(name)
+    H, B = 2 * tiles.panel_width(8), 3
+    rng = np.random.default_rng(3)
+    params, x, state0 = _problem(cell, B, H, np.float64)
+    lengths = np.array([T, 7, 16])
+    dy = rng.standard_normal((T, B, H))
+    dfinal = {s: rng.standard_normal((B, H)) for s in cell.state}
+    monkeypatch.setattr(runtime, "WINDOW_BYTES", 5 * B * 3 * H * 8)        # windows of a few steps
+
+    def step():
+        y, final, tape = functional.forward(cell, params, x, state0, training=True, lengths=lengths)
+        dx, dstate0, grads = functional.backward(cell, params, tape, dy, dfinal)
+        out = {"y": y, "dx": dx, **{f"final.{s}": v for s, v in final.items()},
+               **{f"dstate0.{s}": v for s, v in dstate0.items()}, **{f"grad.{p}": g for p, g in grads.items()}}
+        return {k: np.array(v, copy=True) for k, v in out.items()}
+
+    monkeypatch.setattr(runtime, "TEAM_TRAIN_MIN_WEIGHT_BYTES", 0)
+    assert runtime._team_units(True, T, B, H, tiles.panel_width(8), 0) is not None
+    teamed = step()
+    assert team_launches["done"] >= 4                                # two windows or more, both ways
+    monkeypatch.setattr(runtime, "TEAM_MIN_STEPS", T + 1)
+    rows = step()
+    for k in rows:
+        np.testing.assert_allclose(teamed[k], rows[k], rtol=1e-12, atol=1e-12, err_msg=k)

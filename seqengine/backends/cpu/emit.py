@@ -160,35 +160,50 @@ class CpuEmitter(KernelPlan):
         self.driver(w, name, args)
         return w.text(), args
 
-    def forward_team(self) -> tuple[str, list[str]]:
-        """Inference with the hidden units split over the members of one parallel region (team.py):
+    def forward_team(self, training: bool) -> tuple[str, list[str]]:
+        """The forward with the hidden units split over the members of one parallel region (team.py):
         member m owns units j0:j1 of every row, multiplies by its columns of each weight (which stay
         in its cache) and does their pointwise work; the members meet after every segment, before
-        anyone multiplies by a vector the others wrote. Per-thread arrays use chunk 0, rows 0:B."""
+        anyone multiplies by a vector the others wrote."""
+        name = "forward_train" if training else "forward_infer"
+        _, rows_args = self.forward(training)
+        return self.team_kernel(name, rows_args, lambda w: self.forward_steps(w, training, team=True),
+                                f"hidden units j0:j1 of all rows for steps t0 <= t < t1 ({'training' if training else 'inference'})",
+                                training)
+
+    def team_kernel(self, name: str, rows_args: list[str], steps, what: str, training: bool):
+        """A team kernel `<name>_team(units, sync, limit, ...)` running `<name>_member` on every member:
+        the rows kernel's arguments, chunk 0 holding all rows of the per-thread arrays."""
         w = SourceWriter()
-        _, forward_args = self.forward(False)
-        args = ["units", "sync", "limit"] + forward_args[1:]
+        args = ["units", "sync", "limit"] + rows_args[1:]
         w(JIT)
-        w(f"def forward_infer_member(m, n, j0, j1, {', '.join(args[1:])}):")
+        w(f"def {name}_member(m, n, j0, j1, {', '.join(args[1:])}):")
         with w.indent():
-            w('"""Member m of n: hidden units j0:j1 of all rows for steps t0 <= t < t1 (inference).')
+            w(f'"""Member m of n: {what}.')
             w('Returns False if the team gave up waiting (sync[1] set; the caller reruns the window)."""')
             w("# units: [n + 1] unit bounds (multiples of a panel's NR columns); sync: [2] team.new_sync()")
-            self.header_comments(w, args, False)
+            self.header_comments(w, args, training)
             w("c, b0, b1 = 0, 0, lengths.shape[0]")
             w("meetings = 0")
-            self.forward_steps(w, False, team=True)
+            steps(w)
             w("return True")
         w("")
         w("")
         w("@njit(parallel=True, cache=True)")
-        w(f"def forward_infer_team({', '.join(args)}):")
+        w(f"def {name}_team({', '.join(args)}):")
         with w.indent():
             w("n = units.shape[0] - 1")
             w("for m in prange(n):")
             with w.indent():
-                w(f"forward_infer_member(m, n, units[m], units[m + 1], {', '.join(args[1:])})")
+                w(f"{name}_member(m, n, units[m], units[m + 1], {', '.join(args[1:])})")
         return w.text(), args
+
+    def meeting(self, w: SourceWriter):
+        """All members meet (a team kernel gives up and returns False if they cannot)."""
+        w("meetings += 1")
+        w("if not barrier(sync, n, meetings, limit):")
+        with w.indent():
+            w("return False")
 
     def forward_steps(self, w: SourceWriter, training: bool, team: bool):
         """The time loop of a forward kernel: per segment, its products, then its pointwise loop over
@@ -216,10 +231,7 @@ class CpuEmitter(KernelPlan):
                 self.rows_loop(w, self.forward_padding_lines(seg, training), self.forward_lines(seg, training),
                                "j0, j1" if team else "H")
                 if team:
-                    w("meetings += 1")
-                    w("if not barrier(sync, n, meetings, limit):")
-                    with w.indent():
-                        w("return False")
+                    self.meeting(w)
 
     def rows_loop(self, w: SourceWriter, padding: list[str], lines: list[str], units: str = "H"):
         """For each row b of the chunk: `padding` past its sequence's end, else `lines`; each over the
@@ -300,50 +312,72 @@ class CpuEmitter(KernelPlan):
         with w.indent():
             w('"""One thread\'s share: batch rows b0:b1 (chunk c), steps t1-1 down to t0 (windows of steps are')
             w('called from the last to the first: state adjoints carry over in d_state/d_gemm)."""')
-            w("# d_y: [T, B, H] adjoint of the outputs; d_final_<s>/d_init_<s>: [B, H] state adjoints at T / at 0")
-            w("# d_x_proj: [W, B, Gx*H], d_prod_<g>: [W, B, k*H] adjoints of the products of steps t0.. (W >= t1 - t0),")
-            w("#   kept for the weight GEMMs")
-            w("# d_params: [NC, P, H] per-thread vector gradients; d_state_<s>: [2, NC, BC, H] adjoint of the state")
-            w("#   at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_gemm_<s>: [NC, BC, H] its GEMM part")
-            w("T = d_y.shape[0]")
-            w(f"H = state_{s.states[0]}.shape[2]")
-            w("if t1 == T:   # the last window: start from the final states' adjoints")
-            with w.indent():
-                w("for b in range(b0, b1):")
-                with w.indent():
-                    w("r = b - b0")
-                    self.element_loop(w, [f"{self.d_state(st, 'T & 1')} = d_final_{st}[b, j]" for st in s.states]
-                                      + [f"{self.d_gemm(st).source()} = F(0.0)" for st in gemm_states])
-            w("for t in range(t1 - 1, t0 - 1, -1):")
-            with w.indent():
-                for st in self.accumulated_states():
-                    w(f"d_state_{st}[t & 1, c, :b1 - b0] = F(0.0)")
-                for i in sorted(s.cross_adjoints):
-                    w(f"d_cross_{self.stem(i)}[c, :b1 - b0] = F(0.0)")
-                for seg in range(len(s.segments) - 1, -1, -1):
-                    # past the end, the final state's adjoint waits until step lengths[b]
-                    waits = [f"{self.d_state(st, 't & 1')} = d_final_{st}[b, j]" for st in s.states if seg == 0]
-                    self.rows_loop(w, self.backward_padding_lines(seg) + waits, self.backward_lines(seg))
-                    for grp in s.groups:
-                        if grp.level != seg:
-                            continue
-                        if grp.kind == "state":
-                            target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0]"
-                        else:
-                            target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0]"
-                        w(f"gemm_packed(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}, weight_tp_{grp.name}, "
-                          f"{target}, False)"
-                          f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
-            w("if t0 == 0:   # the first window: the initial states' adjoints")
-            with w.indent():
-                w("for b in range(b0, b1):")
-                with w.indent():
-                    w("r = b - b0")
-                    self.element_loop(w, [f"d_init_{st}[b, j] = {self.d_state(st, '0')}"
-                                      + (f" + {self.d_gemm(st).source()}" if st in gemm_states else "")
-                                      for st in s.states])
+            self.backward_steps(w, team=False)
         self.driver(w, "backward", args)
         return w.text(), args
+
+    def backward_team(self) -> tuple[str, list[str]]:
+        """The backward with hidden units split over a team: a member's pointwise work on its units writes
+        its columns of each product adjoint; the members meet before multiplying them by the weights,
+        each into its own units of the state (or operand) adjoint."""
+        _, rows_args = self.backward()
+        return self.team_kernel("backward", rows_args, lambda w: self.backward_steps(w, team=True),
+                                "hidden units j0:j1 of all rows, steps t1-1 down to t0", True)
+
+    def backward_steps(self, w: SourceWriter, team: bool):
+        """The reverse time loop of a backward kernel over rows b0:b1 and units (all, or j0:j1)."""
+        s, g = self.s, self.g
+        units = "j0, j1" if team else "H"
+        own = ", j0:j1" if team else ""
+        gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
+        w("# d_y: [T, B, H] adjoint of the outputs; d_final_<s>/d_init_<s>: [B, H] state adjoints at T / at 0")
+        w("# d_x_proj: [W, B, Gx*H], d_prod_<g>: [W, B, k*H] adjoints of the products of steps t0.. (W >= t1 - t0),")
+        w("#   kept for the weight GEMMs")
+        w("# d_params: [NC, P, H] per-thread vector gradients; d_state_<s>: [2, NC, BC, H] adjoint of the state")
+        w("#   at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_gemm_<s>: [NC, BC, H] its GEMM part")
+        w("T = d_y.shape[0]")
+        w(f"H = state_{s.states[0]}.shape[2]")
+        w("if t1 == T:   # the last window: start from the final states' adjoints")
+        with w.indent():
+            w("for b in range(b0, b1):")
+            with w.indent():
+                w("r = b - b0")
+                self.element_loop(w, [f"{self.d_state(st, 'T & 1')} = d_final_{st}[b, j]" for st in s.states]
+                                  + [f"{self.d_gemm(st).source()} = F(0.0)" for st in gemm_states], units)
+        w("for t in range(t1 - 1, t0 - 1, -1):")
+        with w.indent():
+            for st in self.accumulated_states():
+                w(f"d_state_{st}[t & 1, c, :b1 - b0{own}] = F(0.0)")
+            for i in sorted(s.cross_adjoints):
+                w(f"d_cross_{self.stem(i)}[c, :b1 - b0{own}] = F(0.0)")
+            for seg in range(len(s.segments) - 1, -1, -1):
+                # past the end, the final state's adjoint waits until step lengths[b]
+                waits = [f"{self.d_state(st, 't & 1')} = d_final_{st}[b, j]" for st in s.states if seg == 0]
+                self.rows_loop(w, self.backward_padding_lines(seg) + waits, self.backward_lines(seg), units)
+                groups = [grp for grp in s.groups if grp.level == seg]
+                if team and groups:
+                    self.meeting(w)
+                for grp in groups:
+                    if grp.kind == "state":
+                        target = f"d_gemm_{g.nodes[grp.operand].attr}[c, :b1 - b0{own}]"
+                    else:
+                        target = f"d_operand_{self.stem(grp.operand)}[c, :b1 - b0{own}]"
+                    label = f"   # d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}"
+                    if team:
+                        w(f"NR = weight_tp_{grp.name}.shape[2]")
+                        w(f"gemm_packed(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}[j0:j1], "
+                          f"weight_tp_{grp.name}[j0 // NR:j1 // NR], {target}, False)" + label)
+                    else:
+                        w(f"gemm_packed(d_prod_{grp.name}[t - t0, b0:b1], weight_t_{grp.name}, weight_tp_{grp.name}, "
+                          f"{target}, False)" + label)
+        w("if t0 == 0:   # the first window: the initial states' adjoints")
+        with w.indent():
+            w("for b in range(b0, b1):")
+            with w.indent():
+                w("r = b - b0")
+                self.element_loop(w, [f"d_init_{st}[b, j] = {self.d_state(st, '0')}"
+                                  + (f" + {self.d_gemm(st).source()}" if st in gemm_states else "")
+                                  for st in s.states], units)
 
     def driver(self, w, name: str, args: list[str]):
         """The parallel entry point: one chunk of batch rows per Numba thread, no per-step barrier."""
@@ -363,7 +397,8 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
     em = CpuEmitter(sched, dtype)
     g: Graph = sched.graph
     kernels = {"forward_train": em.forward(True), "forward_infer": em.forward(False), "backward": em.backward(),
-               "forward_infer_team": em.forward_team()}
+               "forward_train_team": em.forward_team(True), "forward_infer_team": em.forward_team(False),
+               "backward_team": em.backward_team()}
     used = {n.op for n in g.nodes if n.id in sched.live and n.op in HELPERS}
     if "softplus" in used:
         used |= {"sigmoid", "exp"}   # its derivative, its body

@@ -52,21 +52,32 @@ PACK_MIN_STEPS = 4
 SERIAL_WORK = gemm.SERIAL_WORK
 
 
-# Inference splits hidden units over a team (one parallel region whose members meet once per segment
-# of a step, team.py) instead of splitting rows when there are fewer than this many rows per thread,
-# at least TEAM_MIN_STEPS steps (to repay starting it) and whole panels of each weight per member.
-# Streaming LSTM (1000 x 1 x 256): each member's half of U stays in its L2 (1 MiB of U per step
-# read from L3 cost 8.6 us; a half from L2 3.8 us).
+# Hidden units split over a team (one parallel region whose members meet once per segment of a step,
+# team.py) instead of batch rows, with at least TEAM_MIN_STEPS steps (to repay starting it) and whole
+# panels of each weight per member:
+# - inference with fewer than TEAM_MAX_ROWS_PER_THREAD rows per thread: streaming LSTM (1000 x 1 x 256),
+#   each member's half of U stays in its L2 (1 MiB of U from L3 each step: 8.6 us; half from L2: 3.8);
+# - training with at most TEAM_TRAIN_MAX_ROWS_PER_THREAD rows per thread and in-loop weights of at
+#   least TEAM_TRAIN_MIN_WEIGHT_BYTES: split by rows, every thread streams all of U from L3 each step
+#   (LSTM 50 x 16 x 512, U 4 MiB: per-step products 335 GFLOP/s by rows, 460 by units; at 100 x 64 x 256,
+#   1 MiB, 473 vs 491; at 100 x 32 x 128 rows win, 490 vs 430).
 TEAM_MAX_ROWS_PER_THREAD = 2
+TEAM_TRAIN_MAX_ROWS_PER_THREAD = 8
+TEAM_TRAIN_MIN_WEIGHT_BYTES = 2 * 2 ** 20
 TEAM_MIN_STEPS = 16
 
 
-def _team_units(training: bool, T: int, B: int, H: int, panel: int) -> np.ndarray | None:
+def _team_units(training: bool, T: int, B: int, H: int, panel: int, weight_bytes: int) -> np.ndarray | None:
     """Hidden-unit bounds [n + 1] of each team member (whole panels), or None: split rows instead."""
-    if training or T < TEAM_MIN_STEPS or not team.usable():
+    if T < TEAM_MIN_STEPS or H % panel or not team.usable():
         return None
     n = min(numba.get_num_threads(), team.cores())
-    if n < 2 or B >= TEAM_MAX_ROWS_PER_THREAD * n or H % panel or H // panel < n:
+    if n < 2 or H // panel < n:
+        return None
+    if training:
+        if B > TEAM_TRAIN_MAX_ROWS_PER_THREAD * n or weight_bytes < TEAM_TRAIN_MIN_WEIGHT_BYTES:
+            return None
+    elif B >= TEAM_MAX_ROWS_PER_THREAD * n:
         return None
     panels = H // panel
     return np.array([c * panels // n * panel for c in range(n + 1)], np.int64)
@@ -81,8 +92,8 @@ def _chunks(batch: int, work: float) -> np.ndarray:
 class CpuKernels:
     def __init__(self, sched: Schedule, module, dtype: np.dtype):
         self.sched, self.module, self.dtype = sched, module, np.dtype(dtype)
-        self.arg_names = {k: getattr(module, k.upper() + "_ARGS") for k in ("forward_train", "forward_infer",
-                                                                          "forward_infer_team", "backward")}
+        kernels = ("forward_train", "forward_infer", "backward")
+        self.arg_names = {k: getattr(module, k.upper() + "_ARGS") for k in kernels + tuple(k + "_team" for k in kernels)}
         self._scratch = threading.local()   # inference buffers reused across calls (streaming steps)
 
     # -- weight packing ----------------------------------------------------------
@@ -112,21 +123,24 @@ class CpuKernels:
             else:
                 getattr(self.module, kernel)(*args)
 
-    def _launch_team(self, arrays: dict, units: np.ndarray) -> bool:
-        """Inference steps t0:t1 on a team splitting hidden units; False (states as they were at t0)
-        if the team gave up, for the caller to run the row-split kernel instead."""
-        s = self.sched
-        slot = arrays["t0"] & 1
-        start = {st: arrays[f"state_{st}"][slot].copy() for st in s.states}    # [B, H] each
+    def _launch_team(self, kernel: str, arrays: dict, units: np.ndarray, carried: list[str]) -> bool:
+        """Steps t0:t1 of `kernel` on a team splitting hidden units. False if the team gave up: the
+        `carried` arrays (what the kernel carries from window to window) are then as they were, for the
+        caller to run the row-split kernel instead."""
+        start = {name: arrays[name].copy() for name in carried}
         arrays["units"], arrays["sync"], arrays["limit"] = units, team.new_sync(), team.LIMIT
         with single_threaded_blas():
-            self.module.forward_infer_team(*[arrays[n] for n in self.arg_names["forward_infer_team"]])
+            getattr(self.module, kernel + "_team")(*[arrays[n] for n in self.arg_names[kernel + "_team"]])
         if arrays["sync"][team.ABORTED] == 0:
             return True
         team.give_up()
-        for st in s.states:
-            arrays[f"state_{st}"][slot] = start[st]
+        for name, value in start.items():
+            arrays[name][...] = value
         return False
+
+    def _team_units(self, training: bool, T: int, B: int, H: int) -> np.ndarray | None:
+        weight_bytes = sum(len(g.members) * H * H for g in self.sched.groups) * self.dtype.itemsize
+        return _team_units(training, T, B, H, tiles.panel_width(self.dtype.itemsize), weight_bytes)
 
     def _work(self, T: int, B: int, D: int, H: int) -> float:
         """Multiply-adds of the GEMMs of one forward (decides serial vs parallel)."""
@@ -182,7 +196,7 @@ class CpuKernels:
         s, dt = self.sched, self.dtype
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
-        units = _team_units(training, T, B, H, tiles.panel_width(dt.itemsize))
+        units = self._team_units(training, T, B, H)
         chunks = _chunks(B, 0 if units is not None else self._work(T, B, D, H))   # a team: one chunk of all rows
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
         arrays = dict(self._buffers(training, T, B, D, H, nc, bc))
@@ -215,7 +229,8 @@ class CpuKernels:
                 gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1),
                         Bp=x_panels)
             arrays["t0"], arrays["t1"] = t0, t1
-            if units is None or not self._launch_team(arrays, units):
+            carried = [] if training else [f"state_{st}" for st in s.states]       # inference: 2 slots
+            if units is None or not self._launch_team(kernel, arrays, units, carried):
                 self._launch(kernel, arrays, chunks)
 
         out = s.graph.output
@@ -230,7 +245,7 @@ class CpuKernels:
             final = {st: arrays[f"state_{st}"][T & 1].copy() for st in s.states}
         if s.x_shares_adjoint_with is not None:
             del arrays["x_proj"]   # not needed by backward, and not even as a buffer: free it now
-        tape = Tape(x, arrays, chunks) if training else None
+        tape = Tape(x, arrays, chunks, extra={"units": units}) if training else None
         return y, final, tape
 
     # -- backward ----------------------------------------------------------------
@@ -244,7 +259,8 @@ class CpuKernels:
         x = tape.x
         T, B, D = x.shape
         H = a[f"state_{s.states[0]}"].shape[2]
-        chunks = tape.chunks
+        units = tape.extra.get("units")              # a team in forward: one in backward too (with a team
+        chunks = tape.chunks                         # forward only, the step was 5% slower than all rows)
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
         a["d_y"] = dy
         W = self._window(T, B, H)
@@ -288,7 +304,10 @@ class CpuKernels:
             t1 = min(T, t0 + W)
             n = (t1 - t0) * B
             a["t0"], a["t1"] = t0, t1
-            self._launch("backward", a, chunks)
+            carried = ([f"d_state_{st}" for st in s.states] + ["d_params"]
+                       + [n for n in self.arg_names["backward"] if n.startswith("d_gemm_")])
+            if units is None or not self._launch_team("backward", a, units, carried):
+                self._launch("backward", a, chunks)
             if s.x_group is not None:
                 gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D), Bp=w_x_panels)
             for adjoint, uses in products.values():
