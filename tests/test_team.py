@@ -79,6 +79,8 @@ def test_no_team_where_rows_split_well_or_units_do_not_fill_panels(monkeypatch):
     assert runtime._team_units(True, T, 16, 4 * nr, nr, big) is not None         # training: 8 rows a thread
     assert runtime._team_units(True, T, 18, 4 * nr, nr, big) is None             # 9 rows a thread
     assert runtime._team_units(True, T, 16, 4 * nr, nr, big - 1) is None         # weights that fit the caches
+    assert runtime._team_units(False, T, 16, 4 * nr, nr, big) is not None        # inference too
+    assert runtime._team_units(False, T, 16, 4 * nr, nr, big - 1) is None
 
 
 @needs_two_threads

@@ -86,8 +86,8 @@ def _pack_rows(B, m0, m1, Bp):
 
 
 @njit(cache=True)
-def _tn_rows(A, Bs, Bps, outs, r0, r1, at):
-    """outs[q][r0:r1] = A[:, r0:r1]^T @ Bs[q], TN_BLOCK rows of A and the Bs (the sum's depth) at a time:
+def _tn_rows(A, Bs, Bps, outs, r0, r1, at, accumulate):
+    """outs[q][r0:r1] (+)= A[:, r0:r1]^T @ Bs[q], TN_BLOCK rows of A and the Bs (the sum's depth) at a time:
     the block of A^T (the register blocks' broadcast rows) is transposed into `at`, where it stays in
     cache for all the Bs, which are read in their panels Bps[q]."""
     M = A.shape[0]
@@ -98,11 +98,11 @@ def _tn_rows(A, Bs, Bps, outs, r0, r1, at):
         for q in range(len(Bs)):
             Bt = Bs[q].T                                              # [K2, M]: its columns past the panels
             gemm_packed(a_t, Bt[:, m0:m1], _panels_of_block(Bps[q], m0, m1, Bt.shape[0]),   # go through
-                        outs[q][r0:r1], m0 > 0)                                               # dot-form tiles
+                        outs[q][r0:r1], accumulate or m0 > 0)                                 # dot-form tiles
 
 
 @njit(parallel=True, cache=True)
-def _tn(A, Bs, Bps, outs, at, n_blocks):
+def _tn(A, Bs, Bps, outs, at, n_blocks, accumulate):
     """`tn_many` on n_blocks threads: the Bs packed (rows split), then the result's rows split."""
     M, K1 = A.shape
     for c in prange(n_blocks):
@@ -111,14 +111,14 @@ def _tn(A, Bs, Bps, outs, at, n_blocks):
     sixes = (K1 + MR_P - 1) // MR_P                               # whole register blocks of result rows
     for c in prange(n_blocks):
         _tn_rows(A, Bs, Bps, outs, min(K1, c * sixes // n_blocks * MR_P),
-                 min(K1, (c + 1) * sixes // n_blocks * MR_P), at[c])
+                 min(K1, (c + 1) * sixes // n_blocks * MR_P), at[c], accumulate)
 
 
 @njit(cache=True)
-def _tn_serial(A, Bs, Bps, outs, at):
+def _tn_serial(A, Bs, Bps, outs, at, accumulate):
     for q in range(len(Bs)):
         _pack_rows(Bs[q], 0, A.shape[0], Bps[q])
-    _tn_rows(A, Bs, Bps, outs, 0, A.shape[1], at)
+    _tn_rows(A, Bs, Bps, outs, 0, A.shape[1], at, accumulate)
 
 
 # Products with at least this many rows pack the weight into panels for the register-block kernel.
@@ -178,17 +178,21 @@ def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return tn_many(A, [B])[0]
 
 
-def tn_many(A: np.ndarray, Bs) -> list[np.ndarray]:
+def tn_many(A: np.ndarray, Bs, outs=None, accumulate: bool = False) -> list[np.ndarray]:
     """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: each B packed into panels once, the result's rows
     split over threads, each summing over all M in blocks of A^T transposed into its cache (no
-    per-thread partial results to add up afterwards). The Bs share each transposed block of A."""
+    per-thread partial results to add up afterwards). The Bs share each transposed block of A.
+    outs: arrays [K1, K2] (unit column stride) to write, or with `accumulate` to add, the results to."""
     M, K1 = A.shape
     A = np.ascontiguousarray(A)
     Bs = tuple(np.ascontiguousarray(B, A.dtype) for B in Bs)
-    outs = tuple(workspace.empty((K1, B.shape[1]), A.dtype) for B in Bs)
+    if outs is None:
+        outs, accumulate = tuple(workspace.empty((K1, B.shape[1]), A.dtype) for B in Bs), False
+    outs = tuple(outs)
     if M == 0:
-        for out in outs:
-            out[:] = 0
+        if not accumulate:
+            for out in outs:
+                out[:] = 0
         return list(outs)
     NR = tiles.panel_width(A.dtype.itemsize)
     Bps = tuple(workspace.empty(B.shape[1] // NR * NR * M, A.dtype) for B in Bs)   # per block [K2 // NR, n, NR]
@@ -196,7 +200,7 @@ def tn_many(A: np.ndarray, Bs) -> list[np.ndarray]:
     rows_each = -(-K1 // (n * MR_P)) * MR_P + MR_P
     at = workspace.empty((n, rows_each * min(M, TN_BLOCK)), A.dtype)              # per thread [rows, n]
     if n == 1:
-        _tn_serial(A, Bs, Bps, outs, at[0])
+        _tn_serial(A, Bs, Bps, outs, at[0], accumulate)
     else:
-        _tn(A, Bs, Bps, outs, at, n)
+        _tn(A, Bs, Bps, outs, at, n, accumulate)
     return list(outs)

@@ -57,8 +57,8 @@ SERIAL_WORK = gemm.SERIAL_WORK
 # panels of each weight per member:
 # - inference with fewer than TEAM_MAX_ROWS_PER_THREAD rows per thread: streaming LSTM (1000 x 1 x 256),
 #   each member's half of U stays in its L2 (1 MiB of U from L3 each step: 8.6 us; half from L2: 3.8);
-# - training with at most TEAM_TRAIN_MAX_ROWS_PER_THREAD rows per thread and in-loop weights of at
-#   least TEAM_TRAIN_MIN_WEIGHT_BYTES: split by rows, every thread streams all of U from L3 each step
+# - training and inference with at most TEAM_TRAIN_MAX_ROWS_PER_THREAD rows per thread and in-loop
+#   weights of at least TEAM_TRAIN_MIN_WEIGHT_BYTES: split by rows, every thread streams all of U from L3
 #   (LSTM 50 x 16 x 512, U 4 MiB: per-step products 335 GFLOP/s by rows, 460 by units; at 100 x 64 x 256,
 #   1 MiB, 473 vs 491; at 100 x 32 x 128 rows win, 490 vs 430).
 TEAM_MAX_ROWS_PER_THREAD = 2
@@ -74,10 +74,8 @@ def _team_units(training: bool, T: int, B: int, H: int, panel: int, weight_bytes
     n = min(numba.get_num_threads(), team.cores())
     if n < 2 or H // panel < n:
         return None
-    if training:
-        if B > TEAM_TRAIN_MAX_ROWS_PER_THREAD * n or weight_bytes < TEAM_TRAIN_MIN_WEIGHT_BYTES:
-            return None
-    elif B >= TEAM_MAX_ROWS_PER_THREAD * n:
+    big_weights = B <= TEAM_TRAIN_MAX_ROWS_PER_THREAD * n and weight_bytes >= TEAM_TRAIN_MIN_WEIGHT_BYTES
+    if not (big_weights or (not training and B < TEAM_MAX_ROWS_PER_THREAD * n)):
         return None
     panels = H // panel
     return np.array([c * panels // n * panel for c in range(n + 1)], np.int64)
@@ -282,7 +280,18 @@ class CpuKernels:
         for name in self.arg_names["backward"]:
             if name.startswith(("d_gemm_", "d_cross_", "d_operand_")):
                 a[name] = np.empty((nc, bc, H), dt)
-        grads = {name: workspace.zeros(p.shape, p.dtype) for name, p in params.items()}
+        # the gradients of a group's matrices are row blocks of one [k*H, in] array, which the weight
+        # GEMMs write (first window) or add to (later windows) directly
+        stacked_grads = {}                                               # group matrices -> [k*H, in]
+        for grp in ([s.x_group] if s.x_group is not None else []) + list(s.groups):
+            first = params[grp.matrices[0]]
+            stacked_grads[tuple(grp.matrices)] = (workspace.empty if T else workspace.zeros)(
+                (len(grp.matrices) * first.shape[0], first.shape[1]), dt)
+        grads = {}
+        for matrices, stacked in stacked_grads.items():
+            for k, m in enumerate(matrices):
+                grads[m] = stacked[k * H:(k + 1) * H]
+        grads.update({name: workspace.zeros(p.shape, p.dtype) for name, p in params.items() if name not in grads})
         # weight gradients, per window: adjoint^T @ operand, one call per adjoint array (the x products
         # and the group that shares their adjoint pack it once for both)
         products = {}                                                    # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], matrices)])
@@ -311,9 +320,8 @@ class CpuKernels:
             if s.x_group is not None:
                 gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D), Bp=w_x_panels)
             for adjoint, uses in products.values():
-                stacked = gemm.tn_many(adjoint[:t1 - t0].reshape(n, -1), [op[t0:t1].reshape(n, -1) for op, _ in uses])
-                for (_, matrices), st in zip(uses, stacked):
-                    self._scatter(grads, matrices, st, H)
+                gemm.tn_many(adjoint[:t1 - t0].reshape(n, -1), [op[t0:t1].reshape(n, -1) for op, _ in uses],
+                             outs=[stacked_grads[tuple(matrices)] for _, matrices in uses], accumulate=t1 < T)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]
@@ -324,8 +332,3 @@ class CpuKernels:
         g = self.sched.graph
         named = {v: k for k, v in g.names.items()}
         return named[i] if i in named else f"v{i}"
-
-    @staticmethod
-    def _scatter(grads, matrices, stacked, H):
-        for k, m in enumerate(matrices):
-            grads[m] += stacked[k * H:(k + 1) * H]
