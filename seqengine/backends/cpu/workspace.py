@@ -21,6 +21,7 @@ an empty pool).
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -53,7 +54,7 @@ class BufferPool:
     def empty(self, shape, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize             # (np.prod: 2 of the call's 5 us)
         if nbytes < MIN_BYTES or self.max_free_bytes <= 0:
             return np.empty(shape, dtype)
         size = -(-nbytes // GRANULE) * GRANULE
