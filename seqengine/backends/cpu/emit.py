@@ -123,6 +123,8 @@ def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1", only: str = "")
 class CpuEmitter(KernelPlan):
     """The CPU kernels: per-thread scratch is indexed by (chunk c, row r = b - b0 in the chunk)."""
 
+    hoisted: dict | None = None   # while emitting a team member: view source -> name, made before its loops
+
     scratch = "c, r, j"
     share_x_adjoint = True   # the runtime reads d_x_proj from the d_prod of sched.x_shares_adjoint_with
     window_t = "t - t0"      # each call runs steps t0 <= t < t1; x_proj / d_prod hold only those
@@ -188,7 +190,16 @@ class CpuEmitter(KernelPlan):
             self.header_comments(w, args, training)
             w("c, b0, b1 = 0, 0, lengths.shape[0]")
             w("meetings = 0")
-            steps(w)
+            body = SourceWriter()
+            body.depth = w.depth
+            self.hoisted = {}                    # views that depend on no row or step, made once
+            steps(body)
+            if self.hoisted:
+                w(f"H = state_{self.s.states[0]}.shape[2]")
+            for source, view in self.hoisted.items():
+                w(f"{view} = {source}")
+            self.hoisted = None
+            w.lines += body.lines
             w("return True")
         w("")
         w("")
@@ -248,8 +259,7 @@ class CpuEmitter(KernelPlan):
                 w("continue")
             self.element_loop(w, lines, units)
 
-    @staticmethod
-    def element_loop(w: SourceWriter, lines: list[str], units: str = "H"):
+    def element_loop(self, w: SourceWriter, lines: list[str], units: str = "H"):
         """`lines` for every hidden unit j of row b (one loop, which LLVM vectorizes): all H units, or a
         team member's j0:j1 (`units` "j0, j1"), through 1-D views (`unit_views`).
 
@@ -263,9 +273,14 @@ class CpuEmitter(KernelPlan):
             return
         views, lines = unit_views(lines, "0", "H", only="state_") if units == "H" else unit_views(lines)
         for name, source in views:
+            lead = source[source.index("[") + 1:source.rindex(",") if "," in source else source.index("[") + 1]
+            if self.hoisted is not None and not re.search(r"\b[btr]\b", lead):   # a member's own parameters:
+                lines = [re.sub(rf"\b{name}\[", f"{self.hoisted.setdefault(source, f'own{len(self.hoisted)}')}[", ln)
+                         for ln in lines]                                         # one view for all steps
+                continue
             w(f"{name} = {source}")
         if units != "H":
-            units = f"{views[0][0]}.shape[0]" if views else "j1 - j0"
+            units = "j1 - j0"
         w(f"for j in range({units}):")
         with w.indent():
             for line in lines:
