@@ -15,6 +15,10 @@ Generated kernels (one module per cell and dtype):
 - ``forward_infer``: saves nothing; states kept in two alternating slots.
 - ``backward``: reverse time loop; writes dP of every product for the
   deferred weight GEMMs, propagates state adjoints, accumulates vector grads.
+- ``<kernel>_team`` for each: the same work with the hidden units split over the
+  members of one parallel region instead of the rows (``<kernel>_member``,
+  units j0:j1 of all rows), meeting at ``team.barrier`` where a product reads
+  what other members wrote (for batches too small to split by rows).
 
 Array names in the kernels (all C-contiguous; shapes in the header comments):
 ``x_proj`` [W, B, Gx*H] products with x of the window's steps; ``state_<s>`` [T+1, B, H] (train) or
