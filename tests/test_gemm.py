@@ -111,3 +111,16 @@ def test_generated_tiles_module_is_current():
     (rewrite it with `python -m seqengine.backends.cpu.tiles`)."""
     with open(tiles.GENERATED_PATH) as f:
         assert f.read() == tiles.generate_source()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_with_register_tiles_and_edges(dtype):
+    """gemm._transpose_block: whole L x L register tiles (tiles.transpose_tile) at offsets, and rests of
+    rows and columns, against NumPy."""
+    rng = np.random.default_rng(11)
+    L = tiles.VECTOR_BYTES // np.dtype(dtype).itemsize
+    A = rng.standard_normal((3 * L + 5, 4 * L + 3)).astype(dtype)
+    m0, m1, r0, r1 = 2, 3 * L + 4, L + 1, 4 * L + 3                  # tiles not aligned to A's origin
+    at = np.full((r1 - r0, m1 - m0), np.nan, dtype)
+    gemm._transpose_block(A, m0, m1, r0, r1, at)
+    np.testing.assert_array_equal(at, A[m0:m1, r0:r1].T)
