@@ -130,3 +130,20 @@ def test_gpu_mode_without_a_gpu_names_what_is_missing(capsys, tmp_path):
     assert main(["--gpu", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "CudaUnavailableError" in err and missing[:40] in err
+
+
+def test_report_has_a_column_for_every_gpu_peer(tmp_path):
+    """The GPU run's table (benchmarks/results-gpu, recorded on an H200) shows the cuDNN and the
+    hand-written-loop peers beside seqengine-cuda, with their medians and ratios to seqengine."""
+    import json
+    import pathlib
+
+    from seqengine.bench import report
+    recorded = pathlib.Path(__file__).parent.parent / "benchmarks" / "results-gpu" / "results.json"
+    result = json.loads(recorded.read_text())
+    table = report.write(result, tmp_path, want_plot=False)["markdown"].read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| cell |"))
+    for peer in ("seqengine-cuda", "torch-native-cuda", "torch-loop-cuda"):
+        assert f"{peer} ms (ratio)" in header
+    lstm = next(line for line in table.splitlines() if line.startswith("| lstm | 100x64x256 | train |"))
+    assert "| 72.22 (2.65) | 6.70 (0.25) | 65.41 (2.40) |" in lstm

@@ -268,6 +268,9 @@ class _TorchBase:
         import torch
         self.torch = torch
         self.cell = cell
+        if self.device == "cuda":   # float32 as float32: cuDNN's default TF32 products differ by ~1e-3
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.x = self._to(x)
         self.dy = self._to(dy)
         self.state0 = {s: self._to(v) for s, v in state0.items()}

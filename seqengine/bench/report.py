@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PEERS = ("torch-native", "torch-loop", "numpy", "seqengine-cuda")
+PEERS = ("torch-native", "torch-loop", "numpy", "seqengine-cuda", "torch-native-cuda", "torch-loop-cuda")
 
 
 def _mib(b):
