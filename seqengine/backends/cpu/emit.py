@@ -151,14 +151,18 @@ class CpuEmitter(KernelPlan):
         return f"d_params[c, {self.vec_index[p]}, j]"
 
     # -- forward -----------------------------------------------------------------
-    def forward(self, training: bool) -> tuple[str, list[str]]:
-        s, g, w = self.s, self.g, SourceWriter()
-        name = "forward_train" if training else "forward_infer"
-
+    def forward_args(self, training: bool) -> list[str]:
+        """The row-split forward kernel's arguments (the team kernel's after its first)."""
+        s = self.s
         args = ["chunks", "lengths", "t0", "t1"] + self.forward_arrays(training, "weight")
         args += [f"weight_p_{grp.name}" for grp in s.groups]
         args += [f"prod_{grp.name}" for grp in s.groups]
-        args += [self.value_array(i) for i in self.scratch_values(training)]
+        return args + [self.value_array(i) for i in self.scratch_values(training)]
+
+    def forward(self, training: bool) -> tuple[str, list[str]]:
+        w = SourceWriter()
+        name = "forward_train" if training else "forward_infer"
+        args = self.forward_args(training)
 
         w(JIT)
         w(f"def {name}_rows(c, b0, b1, {', '.join(args[1:])}):")
@@ -175,8 +179,7 @@ class CpuEmitter(KernelPlan):
         in its cache) and does their pointwise work; the members meet after every segment, before
         anyone multiplies by a vector the others wrote."""
         name = "forward_train" if training else "forward_infer"
-        _, rows_args = self.forward(training)
-        return self.team_kernel(name, rows_args, lambda w: self.forward_steps(w, training, team=True),
+        return self.team_kernel(name, self.forward_args(training), lambda w: self.forward_steps(w, training, team=True),
                                 f"hidden units j0:j1 of all rows for steps t0 <= t < t1 ({'training' if training else 'inference'})",
                                 training)
 
@@ -193,13 +196,12 @@ class CpuEmitter(KernelPlan):
             w("# units: [n + 1] unit bounds (multiples of a panel's NR columns); sync: [2] team.new_sync()")
             self.header_comments(w, args, training)
             w("c, b0, b1 = 0, 0, lengths.shape[0]")
+            w(f"H = state_{self.s.states[0]}.shape[2]")
             w("meetings = 0")
             body = SourceWriter()
             body.depth = w.depth
             self.hoisted = {}                    # views that depend on no row or step, made once
             steps(body)
-            if self.hoisted:
-                w(f"H = state_{self.s.states[0]}.shape[2]")
             for source, view in self.hoisted.items():
                 w(f"{view} = {source}")
             self.hoisted = None
@@ -227,7 +229,8 @@ class CpuEmitter(KernelPlan):
         """The time loop of a forward kernel: per segment, its products, then its pointwise loop over
         rows b0:b1 and units (all H, or a team member's j0:j1 followed by a meeting)."""
         s, g = self.s, self.g
-        w(f"H = state_{s.states[0]}.shape[2]")
+        if not team:                             # (a team member's prologue has it)
+            w(f"H = state_{s.states[0]}.shape[2]")
         w("for t in range(t0, t1):")
         with w.indent():
             for seg in range(len(s.segments)):
@@ -325,16 +328,19 @@ class CpuEmitter(KernelPlan):
                 w(f"# {a}: {shapes[a]}")
 
     # -- backward ----------------------------------------------------------------
-    def backward(self) -> tuple[str, list[str]]:
-        s, g, w = self.s, self.g, SourceWriter()
-
+    def backward_args(self) -> list[str]:
+        """The row-split backward kernel's arguments (the team kernel's after its first)."""
+        s, g = self.s, self.g
         args = ["chunks", "lengths", "t0", "t1"] + self.backward_arrays("weight_t")
         args += [f"weight_tp_{grp.name}" for grp in s.groups]
         args += [f"d_final_{st}" for st in s.states] + [f"d_init_{st}" for st in s.states]
-        gemm_states = [g.nodes[grp.operand].attr for grp in s.groups if grp.kind == "state"]
-        args += [f"d_gemm_{st}" for st in gemm_states]
+        args += [f"d_gemm_{g.nodes[grp.operand].attr}" for grp in s.groups if grp.kind == "state"]
         args += [f"d_cross_{self.stem(i)}" for i in sorted(s.cross_adjoints)]
-        args += [f"d_operand_{self.stem(grp.operand)}" for grp in s.operand_groups()]
+        return args + [f"d_operand_{self.stem(grp.operand)}" for grp in s.operand_groups()]
+
+    def backward(self) -> tuple[str, list[str]]:
+        w = SourceWriter()
+        args = self.backward_args()
 
         w(JIT)
         w(f"def backward_rows(c, b0, b1, {', '.join(args[1:])}):")
@@ -349,8 +355,7 @@ class CpuEmitter(KernelPlan):
         """The backward with hidden units split over a team: a member's pointwise work on its units writes
         its columns of each product adjoint; the members meet before multiplying them by the weights,
         each into its own units of the state (or operand) adjoint."""
-        _, rows_args = self.backward()
-        return self.team_kernel("backward", rows_args, lambda w: self.backward_steps(w, team=True),
+        return self.team_kernel("backward", self.backward_args(), lambda w: self.backward_steps(w, team=True),
                                 "hidden units j0:j1 of all rows, steps t1-1 down to t0", True)
 
     def backward_steps(self, w: SourceWriter, team: bool):
@@ -365,7 +370,8 @@ class CpuEmitter(KernelPlan):
         w("# d_params: [NC, P, H] per-thread vector gradients; d_state_<s>: [2, NC, BC, H] adjoint of the state")
         w("#   at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_gemm_<s>: [NC, BC, H] its GEMM part")
         w("T = d_y.shape[0]")
-        w(f"H = state_{s.states[0]}.shape[2]")
+        if not team:
+            w(f"H = state_{s.states[0]}.shape[2]")
         w("if t1 == T:   # the last window: start from the final states' adjoints")
         with w.indent():
             w("for b in range(b0, b1):")

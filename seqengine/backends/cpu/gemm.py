@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import tiles, workspace
-from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed, transpose_tile
+from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed, pack_columns, transpose_tile
 
 # tn packs this many rows of each B at a time into per-thread panels.
 TN_BLOCK = 512
@@ -72,12 +72,8 @@ def _pack_rows(B, m0, m1, Bp):
     """Rows m0:m1 of B [M, K2] into its flat panel buffer Bp, block by block (see _panels_of_block)."""
     M, K2 = B.shape
     for b0 in range(m0 - m0 % TN_BLOCK, m1, TN_BLOCK):
-        bp = _panels_of_block(Bp, b0, min(b0 + TN_BLOCK, M), K2)      # [P, n, NR]
-        P, _, NR = bp.shape
-        for m in range(max(m0, b0), min(m1, b0 + TN_BLOCK)):
-            for p in range(P):
-                for c in range(NR):
-                    bp[p, m - b0, c] = B[m, p * NR + c]
+        b1 = min(b0 + TN_BLOCK, M)
+        pack_columns(B[b0:b1], max(m0, b0) - b0, min(m1, b1) - b0, _panels_of_block(Bp, b0, b1, K2))
 
 
 @njit(cache=True)

@@ -221,13 +221,13 @@ class CpuKernels:
             arrays["y"] = workspace.empty((T, B, H), dt)                # an output: always a new array
         W = arrays["x_proj"].shape[0]
         x_panels = gemm.panels(w_x, W * B) if w_x is not None else None   # packed once for all windows
+        carried = [] if training else [f"state_{st}" for st in s.states]           # inference: 2 slots
         for t0 in range(0, T, W):                                        # windows of steps
             t1 = min(T, t0 + W)
             if w_x is not None:                                          # hoisted: all steps of the window at once
                 gemm.nt(x[t0:t1].reshape(-1, D), w_x, out=arrays["x_proj"][:t1 - t0].reshape((t1 - t0) * B, -1),
                         Bp=x_panels)
             arrays["t0"], arrays["t1"] = t0, t1
-            carried = [] if training else [f"state_{st}" for st in s.states]       # inference: 2 slots
             if units is None or not self._launch_team(kernel, arrays, units, carried):
                 self._launch(kernel, arrays, chunks)
 
@@ -309,12 +309,12 @@ class CpuKernels:
                 operand = a[f"saved_{self._saved_name(grp.operand)}"]
             adjoint = a[f"d_prod_{grp.name}"]
             products.setdefault(id(adjoint), (adjoint, []))[1].append((operand, grp.matrices))
+        carried = ([f"d_state_{st}" for st in s.states] + ["d_params"]         # from window to window
+                   + [n for n in self.arg_names["backward"] if n.startswith("d_gemm_")])
         for t0 in reversed(range(0, T, W)):                              # windows, last first
             t1 = min(T, t0 + W)
             n = (t1 - t0) * B
             a["t0"], a["t1"] = t0, t1
-            carried = ([f"d_state_{st}" for st in s.states] + ["d_params"]
-                       + [n for n in self.arg_names["backward"] if n.startswith("d_gemm_")])
             if units is None or not self._launch_team("backward", a, units, carried):
                 self._launch("backward", a, chunks)
             if s.x_group is not None:
