@@ -384,12 +384,36 @@ class NumpyImpl:
         raise Unsupported("the NumPy peer is forward only (no hand-written BPTT)")
 
 
-class SeqengineCudaImpl(SeqengineImpl):
-    """The --gpu hook: the same layer on `seqengine.backends.cuda` (results come back as host arrays)."""
+class SeqengineCudaImpl:
+    """The --gpu hook: the cell on `seqengine.backends.cuda`, on the same terms as the torch GPU peers:
+    parameters, inputs and initial states live on the device (uploaded once, as the torch peers'
+    tensors are), every result is copied back to the host (as they call ``.cpu()``), which synchronises."""
     name = "seqengine-cuda"
 
     def __init__(self, cell, params, x, state0, dy):
-        super().__init__(cell, params, x, state0, dy, backend="cuda")
+        import seqengine as se
+        from numba import cuda
+        self.cell = se.get_cell(cell)
+        self.params = {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in params.items()}
+        self.x, self.dy = cuda.to_device(x), cuda.to_device(dy)
+        self.state0 = {s: cuda.to_device(v) for s, v in state0.items()}
+        self.dfinal = {s: cuda.to_device(np.zeros_like(v)) for s, v in state0.items()}
+
+    def forward(self):
+        from seqengine import functional
+        y, final, _ = functional.forward(self.cell, self.params, self.x, self.state0, training=False, backend="cuda")
+        return _outputs(y.copy_to_host(), {s: v.copy_to_host() for s, v in final.items()})
+
+    def train_step(self):
+        from seqengine import functional
+        y, final, tape = functional.forward(self.cell, self.params, self.x, self.state0, training=True,
+                                            backend="cuda")
+        dx, dstate0, grads = functional.backward(self.cell, self.params, tape, self.dy, self.dfinal, backend="cuda")
+        out = _outputs(y.copy_to_host(), {s: v.copy_to_host() for s, v in final.items()})
+        out["dx"] = dx.copy_to_host()
+        out.update({f"dstate0_{s}": v.copy_to_host() for s, v in dstate0.items()})
+        out.update({f"grad_{k}": g.copy_to_host() for k, g in grads.items()})
+        return out
 
 
 class TorchNativeCudaImpl(TorchNativeImpl):

@@ -142,3 +142,49 @@ def test_benchmark_gpu_mode_checks_and_times_the_cuda_backend(tmp_path):
         cuda_run = case["impls"]["seqengine-cuda"]
         assert cuda_run["status"] == "ok" and cuda_run["check"]["passed"], case
         assert cuda_run["check"]["max_rel_err"] < 1e-4
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm_kernel_matches_numpy(trans_a, trans_b):
+    """The register-tiled GEMM in every layout, with several blocks, several depth tiles and partial
+    tiles on every side (3 x 3 threads, 4 x 4 registers: 12 x 12 tiles of c, depth tiles of 3)."""
+    from numba import cuda
+
+    from seqengine.backends.cuda.emit import GEMM_REGS
+    kernels = compile_cell(se.get_cell("rnn"), "float64", launch=LaunchConfig(gemm_tile=3))
+    rng = np.random.default_rng(3)
+    M, N, K = 14, 25, 8
+    a = rng.standard_normal((K, M) if trans_a else (M, K))
+    b = rng.standard_normal((N, K) if trans_b else (K, N))
+    c0 = rng.standard_normal((M, N))
+    want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    for accumulate in (False, True):
+        c = cuda.to_device(c0)
+        kernels._gemm(cuda.to_device(a), cuda.to_device(b), c, bool(trans_a), bool(trans_b), accumulate, 0)
+        np.testing.assert_allclose(c.copy_to_host(), want + c0 if accumulate else want, rtol=1e-12, atol=1e-12)
+    assert 3 * GEMM_REGS < min(M, N)   # several blocks each way
+
+
+def test_step_launch_binds_on_a_gpu_and_falls_back_in_the_simulator():
+    """StepLaunch gives the dispatcher's results for every t; on a real GPU every launch after the first
+    bypasses the dispatcher (bound), in the simulator it keeps using it."""
+    import os
+
+    from numba import cuda
+
+    from seqengine.backends.cuda.launch import StepLaunch
+
+    # defined in its own namespace: the simulator swaps the kernel's global `cuda` for its own
+    namespace = {"cuda": cuda}
+    exec("def scaled_row(t, src, dst):   # dst [T, N]: row t = t * src\n"
+         "    i = cuda.grid(1)\n"
+         "    if i < src.shape[0]:\n"
+         "        dst[t, i] = src[i] * t\n", namespace)
+    scaled_row = cuda.jit(namespace["scaled_row"])
+    src = cuda.to_device(np.arange(1.0, 13.0))
+    dst = cuda.to_device(np.zeros((4, 12)))
+    step = StepLaunch(scaled_row, 2, 8, 0, 0, [0, src, dst], 0)
+    for t in (3, 1, 2, 0):
+        step(t)
+    np.testing.assert_array_equal(dst.copy_to_host(), np.outer(np.arange(4.0), np.arange(1.0, 13.0)))
+    assert step.bound == (os.environ.get("NUMBA_ENABLE_CUDASIM") != "1")

@@ -17,7 +17,8 @@ class LaunchConfig:
     units: threads along the hidden units of a step kernel (blockDim.x; also the operand
            tile width staged in shared memory for the in-step products).
     rows:  threads along the batch rows of a step kernel (blockDim.y).
-    gemm_tile: side of the square tiles of the hoisted and deferred GEMM kernels.
+    gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels (each
+               thread computes a GEMM_REGS x GEMM_REGS register tile of the result).
     """
 
     units: int = 32

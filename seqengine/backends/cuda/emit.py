@@ -47,44 +47,82 @@ HELPERS = {
     "minimum": "def _gpu_minimum(a, b):\n    return a if a <= b else b",
 }
 
+# Outputs per thread along each side of the GEMM kernel's register tile (a block of ts x ts threads
+# computes a (ts * GEMM_REGS)^2 tile of c).
+GEMM_REGS = 4
+
+
+def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
+    """The tiled GEMM kernel ``c (+)= op(a) @ op(b)``, each thread holding a regs x regs register tile.
+
+    Why registers: the one-output-per-thread kernel of session 2 read two shared-memory values per
+    multiply-add; with a regs x regs tile a thread reads 2 * regs values for regs^2 of them. The
+    accumulators are named scalars (generated here, unrolled) so that they live in registers.
+    Thread (ty, tx) owns rows ty + r*ts and columns tx + q*ts of the block's tile: neighbouring
+    threads read neighbouring shared words (no bank conflicts) and write neighbouring columns of c.
+    """
+    rq = [(r, q) for r in range(regs) for q in range(regs)]
+    lines = [
+        "@cuda.jit(cache=True)",
+        "def gemm_kernel(a, b, c, trans_a, trans_b, accumulate):",
+        "    # c [M, N] (+)= op(a) [M, K] @ op(b) [K, N]; op(v) = v.T when trans_v != 0",
+        f"    # a block of ts x ts threads computes a [{regs}ts, {regs}ts] tile of c, ts = blockDim.x;",
+        f"    # shared memory: op(a) tile [ts, {regs}ts] (k-major), then op(b) tile [ts, {regs}ts]",
+        "    ts = cuda.blockDim.x",
+        f"    tile_m = ts * {regs}",
+        "    shared = cuda.shared.array(0, FT)",
+        "    a_tile = shared[:ts * tile_m]",
+        "    b_tile = shared[ts * tile_m:]",
+        "    tx = cuda.threadIdx.x",
+        "    ty = cuda.threadIdx.y",
+        "    lin = ty * ts + tx",
+        "    m0 = cuda.blockIdx.y * tile_m",
+        "    n0 = cuda.blockIdx.x * tile_m",
+        "    M = c.shape[0]",
+        "    N = c.shape[1]",
+        "    K = a.shape[0] if trans_a else a.shape[1]",
+    ]
+    lines += [f"    acc_{r}_{q} = F(0.0)" for r, q in rq]
+    lines += [
+        "    for k0 in range(0, K, ts):",
+        f"        for e in range(lin, ts * tile_m, ts * ts):   # {regs} elements of each tile per thread",
+        "            # consecutive threads read consecutive addresses of a and b in either layout",
+        "            if trans_a:",
+        "                kk = e // tile_m",
+        "                mm = e - kk * tile_m",
+        "                v = a[k0 + kk, m0 + mm] if m0 + mm < M and k0 + kk < K else F(0.0)",
+        "            else:",
+        "                mm = e // ts",
+        "                kk = e - mm * ts",
+        "                v = a[m0 + mm, k0 + kk] if m0 + mm < M and k0 + kk < K else F(0.0)",
+        "            a_tile[kk * tile_m + mm] = v",
+        "            if trans_b:",
+        "                nn = e // ts",
+        "                kk = e - nn * ts",
+        "                v = b[n0 + nn, k0 + kk] if n0 + nn < N and k0 + kk < K else F(0.0)",
+        "            else:",
+        "                kk = e // tile_m",
+        "                nn = e - kk * tile_m",
+        "                v = b[k0 + kk, n0 + nn] if n0 + nn < N and k0 + kk < K else F(0.0)",
+        "            b_tile[kk * tile_m + nn] = v",
+        "        cuda.syncthreads()",
+        "        for kk in range(ts):",
+        "            row = kk * tile_m",
+    ]
+    lines += [f"            a_{r} = a_tile[row + ty + {r} * ts]" for r in range(regs)]
+    lines += [f"            b_{q} = b_tile[row + tx + {q} * ts]" for q in range(regs)]
+    lines += [f"            acc_{r}_{q} += a_{r} * b_{q}" for r, q in rq]
+    lines.append("        cuda.syncthreads()")
+    for r, q in rq:
+        lines += [f"    i = m0 + ty + {r} * ts",
+                  f"    j = n0 + tx + {q} * ts",
+                  "    if i < M and j < N:",
+                  f"        c[i, j] = c[i, j] + acc_{r}_{q} if accumulate else acc_{r}_{q}"]
+    return "\n".join(lines) + "\n"
+
+
 # Kernels that do not depend on the cell (typed per dtype through F).
 SUPPORT_KERNELS = '''
-@cuda.jit(cache=True)
-def gemm_kernel(a, b, c, trans_a, trans_b, accumulate):
-    # c [M, N] (+)= op(a) [M, K] @ op(b) [K, N]; op(v) = v.T when trans_v != 0
-    # square tiles of side blockDim.x; shared memory [2, TS, TS]: a tile, then b tile
-    ts = cuda.blockDim.x
-    tile = cuda.shared.array(0, FT)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    i = cuda.blockIdx.y * ts + ty
-    j = cuda.blockIdx.x * ts + tx
-    M = c.shape[0]
-    N = c.shape[1]
-    K = a.shape[0] if trans_a else a.shape[1]
-    acc = F(0.0)
-    for k0 in range(0, K, ts):
-        ka = k0 + tx
-        if i < M and ka < K:
-            tile[ty * ts + tx] = a[ka, i] if trans_a else a[i, ka]
-        else:
-            tile[ty * ts + tx] = F(0.0)
-        kb = k0 + ty
-        if kb < K and j < N:
-            tile[ts * ts + ty * ts + tx] = b[j, kb] if trans_b else b[kb, j]
-        else:
-            tile[ts * ts + ty * ts + tx] = F(0.0)
-        cuda.syncthreads()
-        for kk in range(ts):
-            acc += tile[ty * ts + kk] * tile[ts * ts + kk * ts + tx]
-        cuda.syncthreads()
-    if i < M and j < N:
-        if accumulate:
-            c[i, j] += acc
-        else:
-            c[i, j] = acc
-
-
 @cuda.jit(cache=True)
 def pack_kernel(src, dst, offset, transpose):
     # src [R, C] -> dst[offset + r, c] (rows of a stacked matrix), or dst[c, offset + r] (transposed)
@@ -408,7 +446,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
              f"F = np.{dtype}", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", ""]
     for fn in sorted(used):
         parts += ["", "@cuda.jit(device=True, inline=\"always\")", HELPERS[fn], ""]
-    parts.append(SUPPORT_KERNELS)
+    parts += [SUPPORT_KERNELS, gemm_kernel_source()]
     for src in train_src + infer_src + back_src + [init_src]:
         parts += ["", src, ""]
     return "\n".join(parts), info

@@ -26,6 +26,8 @@ from numba import cuda
 
 from ...compiler.schedule import Schedule
 from .config import DEFAULT_LAUNCH, LaunchConfig
+from .emit import GEMM_REGS
+from .launch import StepLaunch
 
 
 @dataclass
@@ -79,11 +81,13 @@ class CudaKernels:
         return a
 
     def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream):
-        """c (+)= op(a) @ op(b) with the tiled shared-memory kernel."""
+        """c (+)= op(a) @ op(b) with the register-tiled kernel: ts x ts threads a block, each block a
+        [ts * GEMM_REGS, ts * GEMM_REGS] tile of c."""
         ts = self.launch.gemm_tile
+        tile = ts * GEMM_REGS
         M, N = c.shape
-        grid = (_blocks(N, ts), _blocks(M, ts))
-        shmem = 2 * ts * ts * self.dtype.itemsize
+        grid = (_blocks(N, tile), _blocks(M, tile))
+        shmem = 2 * ts * tile * self.dtype.itemsize
         self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, c, int(trans_a), int(trans_b),
                                                                int(accumulate))
 
@@ -100,6 +104,13 @@ class CudaKernels:
     def _step_launch(self, B: int, H: int):
         u, r = self.launch.units, self.launch.rows
         return (_blocks(H, u), _blocks(B, r)), (u, r), u * r * self.dtype.itemsize
+
+    def _step_launches(self, names, args, arrays, B: int, H: int, stream) -> list[StepLaunch]:
+        """The step kernels `names`, bound to their arguments once for the whole step loop."""
+        grid, block, shmem = self._step_launch(B, H)
+        call = [arrays[n] for n in args]
+        return [StepLaunch(getattr(self.module, n), grid, block, stream, shmem, call, args.index("t"))
+                for n in names]
 
     # -- forward -----------------------------------------------------------------
     def forward(self, params: dict, x, state0: dict, training: bool, lengths=None):
@@ -143,13 +154,11 @@ class CudaKernels:
                 arrays[name] = self._empty((T, B, H), stream)
             elif name.startswith("value_"):
                 arrays[name] = self._empty((B, H), stream)
-        kernels = [getattr(self.module, n) for n in names]
-        grid, block, shmem = self._step_launch(B, H)
+        arrays["t"] = 0
+        segments = self._step_launches(names, args, arrays, B, H, stream)
         for t in range(T):
-            arrays["t"] = t
-            call = [arrays[n] for n in args]
-            for kernel in kernels:   # one launch per segment: a later segment reads whole rows
-                kernel[grid, block, stream, shmem](*call)
+            for launch in segments:   # one launch per segment: a later segment reads whole rows
+                launch(t)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
@@ -195,15 +204,14 @@ class CudaKernels:
         for name in args:
             if name.startswith("d_cross_"):
                 a[name] = self._empty((B, H), stream)
-        kernels = [getattr(self.module, n) for n in names]
-        grid, block, shmem = self._step_launch(B, H)
+        a["t"] = T - 1
+        segments = self._step_launches(names, args, a, B, H, stream)
         for t in range(T - 1, -1, -1):
-            a["t"] = t
-            call = [a[n] for n in args]
-            for kernel in kernels:
-                kernel[grid, block, stream, shmem](*call)
+            for launch in segments:
+                launch(t)
         init_name, init_args = self.info["initial"]
         a["t"] = -1
+        grid, block, shmem = self._step_launch(B, H)
         getattr(self.module, init_name)[grid, block, stream, shmem](*[a[n] for n in init_args])
 
         # deferred weight gradients: GEMMs over all T*B rows at once
