@@ -14,7 +14,8 @@ from seqengine import functional
 from seqengine.backends.cuda import LaunchConfig, compile_cell
 
 T, B, D, H = 3, 3, 3, 4
-TINY = LaunchConfig(units=2, rows=2, gemm_tile=2)
+TINY = LaunchConfig(units=2, rows=2, gemm_tile=2)                          # persistent kernels
+TINY_STEPS = LaunchConfig(units=2, rows=2, gemm_tile=2, persistent=False)  # a launch per step and segment
 CELLS = sorted(se.cells())
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 
@@ -41,10 +42,10 @@ def assert_close(got, want, dtype, what):
     np.testing.assert_allclose(np.asarray(got), want, err_msg=what, **TOL[dtype])
 
 
-def check_all(cell, dtype, lengths=None):
+def check_all(cell, dtype, lengths=None, launch=TINY):
     params, x, state0, dy, dfinal = problem(cell, dtype)
     y0, final0, dx0, dstate00, grads0 = cpu_reference(cell, params, x, state0, dy, dfinal, lengths)
-    kernels = compile_cell(cell, dtype, launch=TINY)
+    kernels = compile_cell(cell, dtype, launch=launch)
     y, final, tape = kernels.forward(params, x, state0, True, lengths)
     assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype)
     assert_close(y, y0, dtype, "y (training)")
@@ -93,6 +94,12 @@ def test_states_sharing_a_value_match_cpu(name):
 @pytest.mark.parametrize("name", ["gru_cho", "peephole"])
 def test_variable_lengths_match_cpu(name):
     check_all(se.get_cell(name), "float64", lengths=np.array([3, 1, 2], np.int64))
+
+
+@pytest.mark.parametrize("name", ["gru_cho", "lstm"])
+def test_step_launches_match_cpu(name):
+    """The launch-per-step path (LaunchConfig(persistent=False)), with variable lengths."""
+    check_all(se.get_cell(name), "float64", lengths=np.array([3, 1, 2], np.int64), launch=TINY_STEPS)
 
 
 def test_device_arrays_in_and_out():
@@ -153,15 +160,18 @@ def test_gemm_kernel_matches_numpy(trans_a, trans_b):
     from seqengine.backends.cuda.emit import GEMM_REGS
     kernels = compile_cell(se.get_cell("rnn"), "float64", launch=LaunchConfig(gemm_tile=3))
     rng = np.random.default_rng(3)
-    M, N, K = 14, 25, 8
+    M, N, K = 14, 25, 11
     a = rng.standard_normal((K, M) if trans_a else (M, K))
     b = rng.standard_normal((N, K) if trans_b else (K, N))
     c0 = rng.standard_normal((M, N))
     want = (a.T if trans_a else a) @ (b.T if trans_b else b)
     for accumulate in (False, True):
-        c = cuda.to_device(c0)
-        kernels._gemm(cuda.to_device(a), cuda.to_device(b), c, bool(trans_a), bool(trans_b), accumulate, 0)
-        np.testing.assert_allclose(c.copy_to_host(), want + c0 if accumulate else want, rtol=1e-12, atol=1e-12)
+        for slices in (1, 2, None):   # the sum over K whole, split in two (uneven slices), as chosen
+            c = cuda.to_device(c0)
+            kernels._gemm(cuda.to_device(a), cuda.to_device(b), c, bool(trans_a), bool(trans_b), accumulate, 0,
+                          slices=slices)
+            np.testing.assert_allclose(c.copy_to_host(), want + c0 if accumulate else want, rtol=1e-12,
+                                       atol=1e-12, err_msg=f"accumulate={accumulate}, slices={slices}")
     assert 3 * GEMM_REGS < min(M, N)   # several blocks each way
 
 

@@ -17,6 +17,8 @@ class LaunchConfig:
     units: threads along the hidden units of a step kernel (blockDim.x; also the operand
            tile width staged in shared memory for the in-step products).
     rows:  threads along the batch rows of a step kernel (blockDim.y).
+    persistent: run all steps of a forward or backward in one cooperative launch (blocks meet at a
+                grid barrier after each segment) instead of one launch per step and segment.
     gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels (each
                thread computes a GEMM_REGS x GEMM_REGS register tile of the result).
     """
@@ -24,6 +26,7 @@ class LaunchConfig:
     units: int = 32
     rows: int = 4
     gemm_tile: int = 16
+    persistent: bool = True
 
     def __post_init__(self):
         for name in ("units", "rows", "gemm_tile"):

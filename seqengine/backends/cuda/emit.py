@@ -47,6 +47,11 @@ HELPERS = {
     "minimum": "def _gpu_minimum(a, b):\n    return a if a <= b else b",
 }
 
+# Operand values a thread of a step kernel takes per pass of its dot products. The step kernels are
+# bound by load latency (H200: 250 us a backward step at 100x64x256 with one weight load in flight);
+# unrolled, each pass issues UNROLL loads per product before it waits.
+UNROLL = 4
+
 # Outputs per thread along each side of the GEMM kernel's register tile (a block of ts x ts threads
 # computes a (ts * GEMM_REGS)^2 tile of c).
 GEMM_REGS = 4
@@ -65,7 +70,8 @@ def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
     lines = [
         "@cuda.jit(cache=True)",
         "def gemm_kernel(a, b, c, trans_a, trans_b, accumulate):",
-        "    # c [M, N] (+)= op(a) [M, K] @ op(b) [K, N]; op(v) = v.T when trans_v != 0",
+        "    # c [S, M, N]: c[z] (+)= op(a) [M, K] @ op(b) [K, N] over the z-th of S slices of K (blockIdx.z);",
+        "    # op(v) = v.T when trans_v != 0",
         f"    # a block of ts x ts threads computes a [{regs}ts, {regs}ts] tile of c, ts = blockDim.x;",
         f"    # shared memory: op(a) tile [ts, {regs}ts] (k-major), then op(b) tile [ts, {regs}ts]",
         "    ts = cuda.blockDim.x",
@@ -78,13 +84,17 @@ def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
         "    lin = ty * ts + tx",
         "    m0 = cuda.blockIdx.y * tile_m",
         "    n0 = cuda.blockIdx.x * tile_m",
-        "    M = c.shape[0]",
-        "    N = c.shape[1]",
-        "    K = a.shape[0] if trans_a else a.shape[1]",
+        "    z = cuda.blockIdx.z",
+        "    M = c.shape[1]",
+        "    N = c.shape[2]",
+        "    K_all = a.shape[0] if trans_a else a.shape[1]",
+        "    chunk = ((K_all + cuda.gridDim.z - 1) // cuda.gridDim.z + ts - 1) // ts * ts",
+        "    k_begin = z * chunk",
+        "    K = min(K_all, k_begin + chunk)",
     ]
     lines += [f"    acc_{r}_{q} = F(0.0)" for r, q in rq]
     lines += [
-        "    for k0 in range(0, K, ts):",
+        "    for k0 in range(k_begin, K, ts):",
         f"        for e in range(lin, ts * tile_m, ts * ts):   # {regs} elements of each tile per thread",
         "            # consecutive threads read consecutive addresses of a and b in either layout",
         "            if trans_a:",
@@ -117,7 +127,7 @@ def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
         lines += [f"    i = m0 + ty + {r} * ts",
                   f"    j = n0 + tx + {q} * ts",
                   "    if i < M and j < N:",
-                  f"        c[i, j] = c[i, j] + acc_{r}_{q} if accumulate else acc_{r}_{q}"]
+                  f"        c[z, i, j] = c[z, i, j] + acc_{r}_{q} if accumulate else acc_{r}_{q}"]
     return "\n".join(lines) + "\n"
 
 
@@ -133,6 +143,18 @@ def pack_kernel(src, dst, offset, transpose):
             dst[c, offset + r] = src[r, c]
         else:
             dst[offset + r, c] = src[r, c]
+
+
+@cuda.jit(cache=True)
+def sum_slices_kernel(parts, c, accumulate):
+    # c [M, N] (+)= sum over z of parts [S, M, N] (the K slices of a split GEMM, added in a fixed order)
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    i = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    if i < c.shape[0] and j < c.shape[1]:
+        acc = c[i, j] if accumulate else F(0.0)
+        for z in range(parts.shape[0]):
+            acc += parts[z, i, j]
+        c[i, j] = acc
 
 
 @cuda.jit(cache=True)
@@ -187,7 +209,8 @@ def sum_rows_kernel(per_row, out):
 # Argument types of the support kernels, as (kind, ndim): "f" float array, "i" int64 array,
 # "i" with ndim 0 an int64 scalar, "f" with ndim 0 a float scalar. Used by the PTX check.
 SUPPORT_SIGNATURES = {
-    "gemm_kernel": (("f", 2), ("f", 2), ("f", 2), ("i", 0), ("i", 0), ("i", 0)),
+    "gemm_kernel": (("f", 2), ("f", 2), ("f", 3), ("i", 0), ("i", 0), ("i", 0)),
+    "sum_slices_kernel": (("f", 3), ("f", 2), ("i", 0)),
     "pack_kernel": (("f", 2), ("f", 2), ("i", 0), ("i", 0)),
     "fill_kernel": (("f", 1), ("f", 0)),
     "add_kernel": (("f", 1), ("f", 1)),
@@ -230,7 +253,7 @@ class CudaEmitter(KernelPlan):
         return f"p_{grp.name}_{grp.members.index(i)}"
 
     def ndim(self, arg: str) -> tuple[str, int]:
-        if arg == "t" or arg == "T":
+        if arg in ("t", "T", "steps"):
             return ("i", 0)
         if arg == "lengths":
             return ("i", 1)
@@ -242,6 +265,7 @@ class CudaEmitter(KernelPlan):
 
     # -- shared pieces -----------------------------------------------------------
     def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
+        """A kernel with one thread per (b, j): grid x over units, grid y over rows."""
         self.signatures[name] = tuple(self.ndim(a) for a in args)
         w("@cuda.jit(cache=True)")
         w(f"def {name}({', '.join(args)}):")
@@ -250,9 +274,65 @@ class CudaEmitter(KernelPlan):
             w(f"# {c}")
         w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
         w("b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y   # batch row")
+        self.shape_lines(w)
+
+    def shape_lines(self, w):
         w(f"B = state_{self.s.states[0]}.shape[1]")
         w(f"H = state_{self.s.states[0]}.shape[2]")
         w("active = b < B and j < H")
+
+    def body_head(self, w, name: str, args: list[str], comments: list[str]):
+        """The work of thread (b, j) in one segment of step t, as a device function: the step kernel
+        calls it once, the persistent kernel once per tile it owns (returns end one tile's work)."""
+        # inlined in Numba's IR, like the function helpers: no call and no array structs passed per tile
+        w('@cuda.jit(device=True, inline="always")')
+        w(f"def {name}(j, b, {', '.join(args)}):")
+        w.depth += 1
+        for c in comments:
+            w(f"# {c}")
+        self.shape_lines(w)
+
+    def step_kernel(self, name: str, body: str, args: list[str]) -> str:
+        """One launch of one segment of step t: grid x over units, grid y over rows."""
+        self.signatures[name] = tuple(self.ndim(a) for a in args)
+        w = SourceWriter()
+        w("@cuda.jit(cache=True)")
+        w(f"def {name}({', '.join(args)}):")
+        with w.indent():
+            w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
+            w("b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y   # batch row")
+            w(f"{body}(j, b, {', '.join(args)})")
+        return w.text()
+
+    def persistent_kernel(self, name: str, bodies: list[str], args: list[str], reverse: bool) -> str:
+        """All steps and segments in one cooperative launch: each block walks the (rows, units) tiles
+        of the step, block x takes tiles x, x + gridDim.x, ...; the grid meets after every segment,
+        since the next segment (or step) reads whole rows that other blocks wrote."""
+        call = ", ".join(args)
+        args = ["steps" if a == "t" else a for a in args]
+        self.signatures[name] = tuple(self.ndim(a) for a in args)
+        w = SourceWriter()
+        w("@cuda.jit(cache=True)")
+        w(f"def {name}({', '.join(args)}):")
+        with w.indent():
+            w("# launched cooperatively with gridDim.x <= the blocks that fit on the GPU at once")
+            w("grid = cuda.cg.this_grid()")
+            w(f"B = state_{self.s.states[0]}.shape[1]")
+            w(f"H = state_{self.s.states[0]}.shape[2]")
+            w("unit_tiles = (H + cuda.blockDim.x - 1) // cuda.blockDim.x")
+            w("tiles = unit_tiles * ((B + cuda.blockDim.y - 1) // cuda.blockDim.y)")
+            w("for step in range(steps):")
+            with w.indent():
+                w("t = steps - 1 - step" if reverse else "t = step")
+                for body in bodies:
+                    w("for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):")
+                    with w.indent():
+                        w("row_tile = tile // unit_tiles")
+                        w("j = (tile - row_tile * unit_tiles) * cuda.blockDim.x + cuda.threadIdx.x")
+                        w("b = row_tile * cuda.blockDim.y + cuda.threadIdx.y")
+                        w(f"{body}(j, b, {call})")
+                    w("grid.sync()")
+        return w.text()
 
     def row_products(self, w, outputs: list[str], operand_row: str, matrix: str, columns: list[str],
                      count: str, comment: str):
@@ -276,11 +356,22 @@ class CudaEmitter(KernelPlan):
             w("cuda.syncthreads()")
             w("if active:")
             with w.indent():
-                w("for kk in range(min(cuda.blockDim.x, K - k0)):")
+                w("n = min(cuda.blockDim.x, K - k0)")
+                w("kk = 0")
+                w(f"while kk + {UNROLL} <= n:   # {UNROLL} operand values at once: more weight loads in flight")
+                with w.indent():
+                    for u in range(UNROLL):
+                        w(f"o{u} = tile[row + kk + {u}]")
+                    for o, col in zip(outputs, columns):
+                        terms = " + ".join(f"o{u} * {matrix}[k0 + kk + {u}, {col}]" for u in range(UNROLL))
+                        w(f"{o} += {terms}")
+                    w(f"kk += {UNROLL}")
+                w("while kk < n:")
                 with w.indent():
                     w("o = tile[row + kk]")
                     for o, col in zip(outputs, columns):
                         w(f"{o} += o * {matrix}[k0 + kk, {col}]")
+                    w("kk += 1")
             w("cuda.syncthreads()")
 
     def shared_tile(self, w):
@@ -299,10 +390,13 @@ class CudaEmitter(KernelPlan):
         args = self.forward_args(training)
         prev_slot = self.slots(training)[0]
         sources, names = [], []
+        bodies = []
         for seg in range(len(s.segments)):
             w = SourceWriter()
             name = f"forward_{mode}_seg{seg}_kernel"
-            self.kernel_head(w, name, args, [
+            body = f"forward_{mode}_seg{seg}"
+            bodies.append(body)
+            self.body_head(w, body, args, [
                 f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)}",
                 "x_proj [T, B, Gx*H]; state_<s> " + ("[T + 1, B, H]" if training else "[2, B, H] (slot t & 1)"),
                 "weightT_<g> [in, k*H]; param_<p> [H]; y, saved_<v> [T, B, H]; value_<v> [B, H]"])
@@ -330,8 +424,9 @@ class CudaEmitter(KernelPlan):
                 w("return")
             for line in self.forward_lines(seg, training):
                 w(line)
-            sources.append(w.text())
+            sources += [w.text(), self.step_kernel(name, body, args)]
             names.append(name)
+        sources.append(self.persistent_kernel(f"forward_{mode}_persistent_kernel", bodies, args, reverse=False))
         return sources, names, args
 
     # -- backward ----------------------------------------------------------------
@@ -352,10 +447,13 @@ class CudaEmitter(KernelPlan):
         args = self.backward_args()
         top = len(s.segments) - 1
         sources, names = [], []
+        bodies = []
         for seg in range(top, -1, -1):
             w = SourceWriter()
             name = f"backward_seg{seg}_kernel"
-            self.kernel_head(w, name, args, [
+            body = f"backward_seg{seg}"
+            bodies.append(body)
+            self.body_head(w, body, args, [
                 f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)} (run in reverse)",
                 "d_y [T, B, H]; d_x_proj [T, B, Gx*H], d_prod_<g> [T, B, k*H] product adjoints (for the",
                 "weight GEMMs); d_params [P, B, H] per-row vector gradients; d_state_<s> [2, B, H] adjoint",
@@ -382,8 +480,9 @@ class CudaEmitter(KernelPlan):
             self.backward_padding(w, seg)
             for line in self.backward_lines(seg):
                 w(line)
-            sources.append(w.text())
+            sources += [w.text(), self.step_kernel(name, body, args)]
             names.append(name)
+        sources.append(self.persistent_kernel("backward_persistent_kernel", bodies, args, reverse=True))
         return sources, names, args
 
     def initial_adjoint(self) -> tuple[str, list[str]]:
@@ -438,6 +537,8 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
         "forward_train": (tuple(train_names), tuple(train_args)),
         "forward_infer": (tuple(infer_names), tuple(infer_args)),
         "backward": (tuple(back_names), tuple(back_args)),
+        "persistent": {"forward_train": "forward_train_persistent_kernel",
+                       "forward_infer": "forward_infer_persistent_kernel", "backward": "backward_persistent_kernel"},
         "initial": ("backward_initial_kernel", tuple(init_args)),
         "signatures": signatures,
     }

@@ -55,7 +55,7 @@ class StepLaunch:
         except ImportError:          # the simulator, or a numba-cuda without cuda.core launches
             return None
         d, cfg = self.dispatcher, self.configured
-        if not hasattr(d, "overloads") or not hasattr(cfg, "pre_launch_callbacks"):   # the simulator
+        if not hasattr(d, "typeof_pyval") or not hasattr(cfg, "pre_launch_callbacks"):   # the simulator
             return None
         if getattr(d, "_launch_config_sensitive", False) or cfg.pre_launch_callbacks:
             return None
@@ -74,3 +74,16 @@ class StepLaunch:
         shape["is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch"] = kernel.cooperative
         return (launch, cfg.stream, LaunchConfig(**shape), kernel._codelibrary.get_cufunc().kernel,
                 kernel_args, t_index)
+
+
+def cooperative_blocks(dispatcher, args, blockdim, sharedmem: int) -> int:
+    """How many blocks of `dispatcher` (a kernel that meets at grid barriers) can run at once here.
+
+    The CUDA simulator runs a cooperative grid of one block only; a GPU answers through the driver's
+    occupancy query (0 when a block does not fit at all).
+    """
+    if not hasattr(dispatcher, "typeof_pyval"):      # the simulator's kernels
+        return 1
+    kernel = dispatcher.compile(tuple(dispatcher.typeof_pyval(a) for a in args))
+    threads = blockdim[0] * blockdim[1] if isinstance(blockdim, tuple) else blockdim
+    return kernel.max_cooperative_grid_blocks(threads, sharedmem)

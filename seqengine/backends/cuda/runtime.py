@@ -27,7 +27,7 @@ from numba import cuda
 from ...compiler.schedule import Schedule
 from .config import DEFAULT_LAUNCH, LaunchConfig
 from .emit import GEMM_REGS
-from .launch import StepLaunch
+from .launch import StepLaunch, cooperative_blocks
 
 
 @dataclass
@@ -44,6 +44,12 @@ def is_device_array(a) -> bool:
     return cuda.devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__")
 
 
+# Split a GEMM's sum over K until it has about this many blocks (an H100/H200 has 132 SMs, each holding
+# several 256-thread blocks), keeping at least GEMM_MIN_SLICE_TILES depth tiles per slice.
+GEMM_BLOCKS_WANTED = 512
+GEMM_MIN_SLICE_TILES = 8
+
+
 def _blocks(n: int, per_block: int) -> int:
     return max(1, math.ceil(n / per_block))
 
@@ -52,6 +58,7 @@ class CudaKernels:
     def __init__(self, sched: Schedule, module, dtype: np.dtype, launch: LaunchConfig = DEFAULT_LAUNCH):
         self.sched, self.module, self.dtype, self.launch = sched, module, np.dtype(dtype), launch
         self.info = module.KERNELS
+        self._resident: dict = {}   # (mode, block, shared bytes) -> blocks of a persistent kernel that fit
 
     def with_launch(self, launch: LaunchConfig) -> "CudaKernels":
         """The same compiled kernels, launched with other block shapes."""
@@ -80,16 +87,30 @@ class CudaKernels:
             self.module.fill_kernel[_blocks(flat.shape[0], 256), 256, stream](flat, self.dtype.type(0))
         return a
 
-    def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream):
+    def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream, slices: int | None = None):
         """c (+)= op(a) @ op(b) with the register-tiled kernel: ts x ts threads a block, each block a
-        [ts * GEMM_REGS, ts * GEMM_REGS] tile of c."""
+        [ts * GEMM_REGS, ts * GEMM_REGS] tile of c.
+
+        A product with few output tiles and a long sum (the weight gradients: [4H, D] summed over T*B
+        rows) would occupy a few dozen blocks of a GPU that holds hundreds; its sum is then split
+        into `slices` slices of K, one grid layer each, written apart and added in a fixed order.
+        """
         ts = self.launch.gemm_tile
         tile = ts * GEMM_REGS
         M, N = c.shape
-        grid = (_blocks(N, tile), _blocks(M, tile))
+        K = a.shape[0] if trans_a else a.shape[1]
+        blocks = _blocks(N, tile) * _blocks(M, tile)
+        if slices is None:
+            slices = max(1, min(GEMM_BLOCKS_WANTED // blocks, K // (GEMM_MIN_SLICE_TILES * ts)))
         shmem = 2 * ts * tile * self.dtype.itemsize
-        self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, c, int(trans_a), int(trans_b),
-                                                               int(accumulate))
+        grid = (_blocks(N, tile), _blocks(M, tile), slices)
+        if slices == 1:
+            self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, c.reshape(1, M, N), int(trans_a),
+                                                                   int(trans_b), int(accumulate))
+            return
+        parts = self._empty((slices, M, N), stream)
+        self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, parts, int(trans_a), int(trans_b), 0)
+        self.module.sum_slices_kernel[(_blocks(N, 16), _blocks(M, 16)), (16, 16), stream](parts, c, int(accumulate))
 
     def _stack(self, params, names, transpose: bool, stream):
         """[k*H, in] = [P_1; ...; P_k] (or its transpose [in, k*H]) on the device."""
@@ -104,6 +125,24 @@ class CudaKernels:
     def _step_launch(self, B: int, H: int):
         u, r = self.launch.units, self.launch.rows
         return (_blocks(H, u), _blocks(B, r)), (u, r), u * r * self.dtype.itemsize
+
+    def _persistent(self, mode: str, args, arrays, steps: int, B: int, H: int, stream) -> bool:
+        """Run every step of `mode` in one cooperative launch of its persistent kernel (blocks walk the
+        step's tiles and meet at a grid barrier after each segment). False, with nothing launched,
+        where the launch config turns it off or no block fits; the caller then launches per step."""
+        if not self.launch.persistent:
+            return False
+        kernel = getattr(self.module, self.info["persistent"][mode])
+        grid, block, shmem = self._step_launch(B, H)
+        call = [steps if n == "t" else arrays[n] for n in args]
+        key = (mode, block, shmem)
+        if key not in self._resident:
+            self._resident[key] = cooperative_blocks(kernel, call, block, shmem)
+        blocks = min(grid[0] * grid[1], self._resident[key])
+        if blocks < 1:
+            return False
+        kernel[blocks, block, stream, shmem](*call)
+        return True
 
     def _step_launches(self, names, args, arrays, B: int, H: int, stream) -> list[StepLaunch]:
         """The step kernels `names`, bound to their arguments once for the whole step loop."""
@@ -148,17 +187,19 @@ class CudaKernels:
             arrays[f"weightT_{grp.name}"] = self._stack(params, grp.matrices, True, stream)   # [in, k*H]
         for p in s.graph.vectors:
             arrays[f"param_{p}"] = self._device(params[p], p, stream)
-        names, args = self.info["forward_train" if training else "forward_infer"]
+        mode = "forward_train" if training else "forward_infer"
+        names, args = self.info[mode]
         for name in args:
             if name == "y" or name.startswith("saved_"):
                 arrays[name] = self._empty((T, B, H), stream)
             elif name.startswith("value_"):
                 arrays[name] = self._empty((B, H), stream)
-        arrays["t"] = 0
-        segments = self._step_launches(names, args, arrays, B, H, stream)
-        for t in range(T):
-            for launch in segments:   # one launch per segment: a later segment reads whole rows
-                launch(t)
+        if not self._persistent(mode, args, arrays, T, B, H, stream):
+            arrays["t"] = 0
+            segments = self._step_launches(names, args, arrays, B, H, stream)
+            for t in range(T):
+                for launch in segments:   # one launch per segment: a later segment reads whole rows
+                    launch(t)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
@@ -204,11 +245,12 @@ class CudaKernels:
         for name in args:
             if name.startswith("d_cross_"):
                 a[name] = self._empty((B, H), stream)
-        a["t"] = T - 1
-        segments = self._step_launches(names, args, a, B, H, stream)
-        for t in range(T - 1, -1, -1):
-            for launch in segments:
-                launch(t)
+        if not self._persistent("backward", args, a, T, B, H, stream):
+            a["t"] = T - 1
+            segments = self._step_launches(names, args, a, B, H, stream)
+            for t in range(T - 1, -1, -1):
+                for launch in segments:
+                    launch(t)
         init_name, init_args = self.info["initial"]
         a["t"] = -1
         grid, block, shmem = self._step_launch(B, H)
