@@ -21,8 +21,9 @@ def _types(signature, dtype):
     f = {"float32": types.float32, "float64": types.float64}[dtype]
     out = []
     for kind, ndim in signature:
-        scalar = f if kind == "f" else types.int64
-        out.append(scalar if ndim == 0 else types.Array(scalar, ndim, "C"))
+        scalar = f if kind in ("f", "F") else types.int64
+        typ = scalar if ndim == 0 else types.Array(scalar, ndim, "C")
+        out.append(types.UniTuple(typ, 3) if kind == "F" else typ)
     return tuple(out)
 
 

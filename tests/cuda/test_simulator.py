@@ -14,13 +14,13 @@ from seqengine import functional
 from seqengine.backends.cuda import LaunchConfig, compile_cell
 
 T, B, D, H = 3, 3, 3, 4
-TINY = LaunchConfig(units=2, rows=2, gemm_tile=2)                          # persistent kernels
-TINY_STEPS = LaunchConfig(units=2, rows=2, gemm_tile=2, persistent=False)  # a launch per step and segment
+TINY = LaunchConfig(units=2, rows=2, splits=2, gemm_tile=2)   # persistent kernels, sums split in two
+TINY_STEPS = LaunchConfig(units=2, rows=2, splits=2, gemm_tile=2, persistent=False)   # a launch per step
 CELLS = sorted(se.cells())
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-4, atol=2e-5)}
 
 
-def problem(cell, dtype, seed=0):
+def problem(cell, dtype, seed=0, T=T, B=B, D=D, H=H):
     rng = np.random.default_rng(seed)
     params = functional.init_params(cell, D, H, dtype=dtype, rng=rng)
     x = rng.standard_normal((T, B, D)).astype(dtype)
@@ -42,8 +42,8 @@ def assert_close(got, want, dtype, what):
     np.testing.assert_allclose(np.asarray(got), want, err_msg=what, **TOL[dtype])
 
 
-def check_all(cell, dtype, lengths=None, launch=TINY):
-    params, x, state0, dy, dfinal = problem(cell, dtype)
+def check_all(cell, dtype, lengths=None, launch=TINY, **dims):
+    params, x, state0, dy, dfinal = problem(cell, dtype, **dims)
     y0, final0, dx0, dstate00, grads0 = cpu_reference(cell, params, x, state0, dy, dfinal, lengths)
     kernels = compile_cell(cell, dtype, launch=launch)
     y, final, tape = kernels.forward(params, x, state0, True, lengths)
@@ -94,6 +94,15 @@ def test_states_sharing_a_value_match_cpu(name):
 @pytest.mark.parametrize("name", ["gru_cho", "peephole"])
 def test_variable_lengths_match_cpu(name):
     check_all(se.get_cell(name), "float64", lengths=np.array([3, 1, 2], np.int64))
+
+
+@pytest.mark.parametrize("name", ["gru_cho", "lstm"])
+def test_unrolled_sums_match_cpu(name):
+    """Tiles of 8 units, three slices of the sum, 19 units: the unrolled passes of the products (UNROLL
+    values at once), their rest, slices with no columns left, and the partial sums meeting."""
+    from seqengine.backends.cuda.emit import UNROLL
+    launch = LaunchConfig(units=UNROLL, rows=1, splits=3, gemm_tile=2)
+    check_all(se.get_cell(name), "float64", launch=launch, T=2, B=2, D=5, H=19)
 
 
 @pytest.mark.parametrize("name", ["gru_cho", "lstm"])

@@ -17,6 +17,8 @@ class LaunchConfig:
     units: threads along the hidden units of a step kernel (blockDim.x; also the operand
            tile width staged in shared memory for the in-step products).
     rows:  threads along the batch rows of a step kernel (blockDim.y).
+    splits: threads along the sum of a step's products (blockDim.z): slice z adds the operand tiles
+            z, z + splits, ...; the partial sums meet in shared memory. More loads in flight per SM.
     persistent: run all steps of a forward or backward in one cooperative launch (blocks meet at a
                 grid barrier after each segment) instead of one launch per step and segment.
     gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels (each
@@ -25,14 +27,15 @@ class LaunchConfig:
 
     units: int = 32
     rows: int = 4
+    splits: int = 4
     gemm_tile: int = 16
     persistent: bool = True
 
     def __post_init__(self):
-        for name in ("units", "rows", "gemm_tile"):
+        for name in ("units", "rows", "splits", "gemm_tile"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LaunchConfig.{name} must be >= 1")
-        if self.units * self.rows > 1024 or self.gemm_tile ** 2 > 1024:
+        if self.units * self.rows * self.splits > 1024 or self.gemm_tile ** 2 > 1024:
             raise ValueError("a CUDA block has at most 1024 threads")
 
 

@@ -50,7 +50,7 @@ HELPERS = {
 # Operand values a thread of a step kernel takes per pass of its dot products. The step kernels are
 # bound by load latency (H200: 250 us a backward step at 100x64x256 with one weight load in flight);
 # unrolled, each pass issues UNROLL loads per product before it waits.
-UNROLL = 4
+UNROLL = 8
 
 # Outputs per thread along each side of the GEMM kernel's register tile (a block of ts x ts threads
 # computes a (ts * GEMM_REGS)^2 tile of c).
@@ -134,15 +134,18 @@ def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
 # Kernels that do not depend on the cell (typed per dtype through F).
 SUPPORT_KERNELS = '''
 @cuda.jit(cache=True)
-def pack_kernel(src, dst, offset, transpose):
-    # src [R, C] -> dst[offset + r, c] (rows of a stacked matrix), or dst[c, offset + r] (transposed)
+def stack_kernel(mats, dst, transpose):
+    # mats: k matrices [R, C] (a tuple; blockIdx.z picks one) -> dst [k*R, C] (rows of a stacked
+    # matrix), or dst [C, k*R] (its transpose): a whole group in one launch
+    k = cuda.blockIdx.z
+    src = mats[k]
     c = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     r = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
     if r < src.shape[0] and c < src.shape[1]:
         if transpose:
-            dst[c, offset + r] = src[r, c]
+            dst[c, k * src.shape[0] + r] = src[r, c]
         else:
-            dst[offset + r, c] = src[r, c]
+            dst[k * src.shape[0] + r, c] = src[r, c]
 
 
 @cuda.jit(cache=True)
@@ -206,12 +209,13 @@ def sum_rows_kernel(per_row, out):
         out[p, j] = acc
 '''
 
-# Argument types of the support kernels, as (kind, ndim): "f" float array, "i" int64 array,
+# Argument types of the support kernels, as (kind, ndim): "f" float array, "F" a tuple of float arrays
+# (any length; the PTX check compiles it for 3), "i" int64 array,
 # "i" with ndim 0 an int64 scalar, "f" with ndim 0 a float scalar. Used by the PTX check.
 SUPPORT_SIGNATURES = {
     "gemm_kernel": (("f", 2), ("f", 2), ("f", 3), ("i", 0), ("i", 0), ("i", 0)),
     "sum_slices_kernel": (("f", 3), ("f", 2), ("i", 0)),
-    "pack_kernel": (("f", 2), ("f", 2), ("i", 0), ("i", 0)),
+    "stack_kernel": (("F", 2), ("f", 2), ("i", 0)),
     "fill_kernel": (("f", 1), ("f", 0)),
     "add_kernel": (("f", 1), ("f", 1)),
     "mask_padding_kernel": (("f", 3), ("i", 1), ("f", 3)),
@@ -338,45 +342,62 @@ class CudaEmitter(KernelPlan):
                      count: str, comment: str):
         """outputs[m] = sum_k operand_row(k) * matrix[k, columns[m]] over k < count, for row b.
 
-        Every thread of the block takes part in staging the operand rows of its block in
-        shared memory (blockDim.y rows, blockDim.x columns per tile), active or not.
+        The sum is split over blockDim.z threads (why: one weight load in flight per product left a
+        step latency-bound, see UNROLL): slice z takes the tiles of blockDim.x columns z, z + splits,
+        ... Every thread stages one operand value of its (slice, row) in shared memory per pass, active
+        or not; the slices' partial sums then meet in shared memory and slice 0 adds them in order.
         """
         w(f"# {comment}")
         for o in outputs:
             w(f"{o} = F(0.0)")
         w(f"K = {count}")
-        w("for k0 in range(0, K, cuda.blockDim.x):")
+        w("for k0 in range(0, K, cuda.blockDim.x * cuda.blockDim.z):")
         with w.indent():
-            w("if b < B and k0 + cuda.threadIdx.x < K:")
+            w("kz = k0 + cuda.threadIdx.z * cuda.blockDim.x   # this slice's tile of columns")
+            w("if b < B and kz + cuda.threadIdx.x < K:")
             with w.indent():
-                w(f"tile[row + cuda.threadIdx.x] = {operand_row.format(k='k0 + cuda.threadIdx.x')}")
+                w(f"shared[row + cuda.threadIdx.x] = {operand_row.format(k='kz + cuda.threadIdx.x')}")
             w("else:")
             with w.indent():
-                w("tile[row + cuda.threadIdx.x] = F(0.0)")
+                w("shared[row + cuda.threadIdx.x] = F(0.0)")
             w("cuda.syncthreads()")
             w("if active:")
             with w.indent():
-                w("n = min(cuda.blockDim.x, K - k0)")
+                w("n = min(cuda.blockDim.x, K - kz)")
                 w("kk = 0")
                 w(f"while kk + {UNROLL} <= n:   # {UNROLL} operand values at once: more weight loads in flight")
                 with w.indent():
                     for u in range(UNROLL):
-                        w(f"o{u} = tile[row + kk + {u}]")
+                        w(f"o{u} = shared[row + kk + {u}]")
                     for o, col in zip(outputs, columns):
-                        terms = " + ".join(f"o{u} * {matrix}[k0 + kk + {u}, {col}]" for u in range(UNROLL))
+                        terms = " + ".join(f"o{u} * {matrix}[kz + kk + {u}, {col}]" for u in range(UNROLL))
                         w(f"{o} += {terms}")
                     w(f"kk += {UNROLL}")
                 w("while kk < n:")
                 with w.indent():
-                    w("o = tile[row + kk]")
+                    w("o = shared[row + kk]")
                     for o, col in zip(outputs, columns):
-                        w(f"{o} += o * {matrix}[k0 + kk, {col}]")
+                        w(f"{o} += o * {matrix}[kz + kk, {col}]")
                     w("kk += 1")
+            w("cuda.syncthreads()")
+        w("if cuda.blockDim.z > 1:   # the slices' partial sums meet: [outputs, splits, rows, units] after the operands")
+        with w.indent():
+            for m, o in enumerate(outputs):
+                w(f"shared[{m + 1} * threads + row + cuda.threadIdx.x] = {o}")
+            w("cuda.syncthreads()")
+            w("if cuda.threadIdx.z == 0:")
+            with w.indent():
+                w("for z in range(1, cuda.blockDim.z):")
+                with w.indent():
+                    w("other = (z * cuda.blockDim.y + cuda.threadIdx.y) * cuda.blockDim.x + cuda.threadIdx.x")
+                    for m, o in enumerate(outputs):
+                        w(f"{o} += shared[{m + 1} * threads + other]")
             w("cuda.syncthreads()")
 
     def shared_tile(self, w):
-        w("tile = cuda.shared.array(0, FT)   # [blockDim.y, blockDim.x] operand rows, one tile of columns")
-        w("row = cuda.threadIdx.y * cuda.blockDim.x")
+        w("shared = cuda.shared.array(0, FT)   # operands [splits, rows, units], then partial sums (row_products)")
+        w("threads = cuda.blockDim.x * cuda.blockDim.y * cuda.blockDim.z")
+        w("row = (cuda.threadIdx.z * cuda.blockDim.y + cuda.threadIdx.y) * cuda.blockDim.x   # this thread's operand row")
 
     # -- forward -----------------------------------------------------------------
     def forward_args(self, training: bool) -> list[str]:
@@ -414,7 +435,7 @@ class CudaEmitter(KernelPlan):
                 self.row_products(w, [self.product_local(m) for m in grp.members], row, f"weightT_{grp.name}",
                                   [self.block(m) for m in grp.members], f"weightT_{grp.name}.shape[0]",
                                   f"{' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
-            w("if not active:")
+            w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
             with w.indent():
                 w("return")
             w("if t >= lengths[b]:   # past the end of this sequence")
@@ -469,7 +490,7 @@ class CudaEmitter(KernelPlan):
                 self.row_products(w, [f"d_operand_{self.stem(grp.operand)}"], f"d_prod_{grp.name}[t, b, {{k}}]",
                                   f"weight_{grp.name}", ["j"], f"d_prod_{grp.name}.shape[2]",
                                   f"d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
-            w("if not active:")
+            w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
             with w.indent():
                 w("return")
             if seg == top:   # the first launch of step t clears what the step accumulates into
@@ -498,7 +519,7 @@ class CudaEmitter(KernelPlan):
             self.shared_tile(w)
         for st in gemm_states:
             self.state_gemm(w, st)
-        w("if not active:")
+        w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
         with w.indent():
             w("return")
         for st in s.states:

@@ -15,6 +15,7 @@ Where they are missing or differ (the CUDA simulator, another numba-cuda version
 from __future__ import annotations
 
 import ctypes
+import math
 
 
 class StepLaunch:
@@ -85,5 +86,5 @@ def cooperative_blocks(dispatcher, args, blockdim, sharedmem: int) -> int:
     if not hasattr(dispatcher, "typeof_pyval"):      # the simulator's kernels
         return 1
     kernel = dispatcher.compile(tuple(dispatcher.typeof_pyval(a) for a in args))
-    threads = blockdim[0] * blockdim[1] if isinstance(blockdim, tuple) else blockdim
+    threads = math.prod(blockdim) if isinstance(blockdim, tuple) else blockdim
     return kernel.max_cooperative_grid_blocks(threads, sharedmem)

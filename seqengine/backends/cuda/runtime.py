@@ -9,9 +9,12 @@ forward and the tape in backward.
 
 Forward (training), for G_x products with x and in-loop groups g:
     x_proj = x @ [W_1; ...; W_Gx]^T                  # gemm_kernel, [T*B, D] @ [D, Gx*H]
-    for t: for each segment: forward_train_seg<L>_kernel (products of level L + pointwise)
+    forward_train_persistent_kernel                  # one cooperative launch: for t, for each segment
+                                                     # (products of level L + pointwise), grid barrier
+    (LaunchConfig(persistent=False), or no block fits: for t: for each segment:
+     forward_train_seg<L>_kernel, each launch bound once per call by StepLaunch)
 Backward:
-    for t reversed: for each segment reversed: backward_seg<L>_kernel
+    backward_persistent_kernel                       # for t reversed, for each segment reversed
     backward_initial_kernel                          # d_init = d_state[0] + d_prod[0] @ U
     dW_x = d_x_proj^T @ x,  dx = d_x_proj @ W_x,  dU_g = d_prod_g^T @ operand_g   # gemm_kernel
 """
@@ -34,7 +37,7 @@ from .launch import StepLaunch, cooperative_blocks
 class Tape:
     """What backward needs from a training forward (device arrays by kernel name)."""
     x: object                          # [T, B, D] device array (padding zeroed)
-    arrays: dict                       # x_proj, state_<s>, saved_<v>, param_<p>, lengths
+    arrays: dict                       # x_proj, state_<s>, saved_<v>, param_<p>, lengths, w_x
     on_device: bool                    # the caller passed device arrays: return device arrays
     consumed: bool = False
     extra: dict = field(default_factory=dict)
@@ -113,18 +116,20 @@ class CudaKernels:
         self.module.sum_slices_kernel[(_blocks(N, 16), _blocks(M, 16)), (16, 16), stream](parts, c, int(accumulate))
 
     def _stack(self, params, names, transpose: bool, stream):
-        """[k*H, in] = [P_1; ...; P_k] (or its transpose [in, k*H]) on the device."""
-        mats = [self._device(params[m], m, stream) for m in names]
+        """[k*H, in] = [P_1; ...; P_k] (or its transpose [in, k*H]) on the device, in one launch."""
+        mats = tuple(self._device(params[m], m, stream) for m in names)
         H, n_in = mats[0].shape
         out = self._empty((n_in, len(mats) * H) if transpose else (len(mats) * H, n_in), stream)
-        grid = (_blocks(n_in, 16), _blocks(H, 16))
-        for k, m in enumerate(mats):
-            self.module.pack_kernel[grid, (16, 16), stream](m, out, k * H, int(transpose))
+        self.module.stack_kernel[(_blocks(n_in, 16), _blocks(H, 16), len(mats)), (16, 16), stream](
+            mats, out, int(transpose))
         return out
 
     def _step_launch(self, B: int, H: int):
-        u, r = self.launch.units, self.launch.rows
-        return (_blocks(H, u), _blocks(B, r)), (u, r), u * r * self.dtype.itemsize
+        """Grid, block and shared bytes of a step kernel: blocks of (units, rows, splits) threads over the
+        (units, rows) tiles; shared memory holds the operand tiles, then each product's partial sums."""
+        u, r, z = self.launch.units, self.launch.rows, self.launch.splits
+        products = max((len(grp.members) for grp in self.sched.groups), default=0)
+        return (_blocks(H, u), _blocks(B, r)), (u, r, z), u * r * z * (1 + products) * self.dtype.itemsize
 
     def _persistent(self, mode: str, args, arrays, steps: int, B: int, H: int, stream) -> bool:
         """Run every step of `mode` in one cooperative launch of its persistent kernel (blocks walk the
@@ -152,9 +157,22 @@ class CudaKernels:
                 for n in names]
 
     # -- forward -----------------------------------------------------------------
+    # Numba frees device memory in batches; a batch frees through cuMemFree, which waits for the GPU.
+    # Inside a call that would stall the host in mid-launch sequence (the GPU then idles while the
+    # host catches up), so forward and backward defer freeing until the call has queued its work.
+
     def forward(self, params: dict, x, state0: dict, training: bool, lengths=None):
         """x [T, B, D], state0 {s: [B, H]}, lengths [B] (1..T; None: all T)
         -> y [T, B, H], final {s: [B, H]}, Tape or None."""
+        with cuda.defer_cleanup():
+            return self._forward(params, x, state0, training, lengths)
+
+    def backward(self, params: dict, tape: Tape, dy, dfinal: dict):
+        """dy [T, B, H], dfinal {s: [B, H]} -> dx [T, B, D], dstate0 {s: [B, H]}, grads {param: array}."""
+        with cuda.defer_cleanup():
+            return self._backward(params, tape, dy, dfinal)
+
+    def _forward(self, params: dict, x, state0: dict, training: bool, lengths=None):
         s, dt = self.sched, self.dtype
         stream = 0
         on_device = is_device_array(x)
@@ -178,6 +196,7 @@ class CudaKernels:
             x_proj = self._empty((T * B, w_x.shape[0]), stream)
             self._gemm(device_x.reshape(T * B, D), w_x, x_proj, False, True, False, stream)   # hoisted
             arrays["x_proj"] = x_proj.reshape(T, B, w_x.shape[0])
+            arrays["w_x"] = w_x   # backward's dx = d_x_proj @ W_x uses the weights this forward used
         slots = T + 1 if training else 2
         for st in s.states:
             a = self._empty((slots, B, H), stream)
@@ -223,8 +242,7 @@ class CudaKernels:
         return y, final, tape
 
     # -- backward ----------------------------------------------------------------
-    def backward(self, params: dict, tape: Tape, dy, dfinal: dict):
-        """dy [T, B, H], dfinal {s: [B, H]} -> dx [T, B, D], dstate0 {s: [B, H]}, grads {param: array}."""
+    def _backward(self, params: dict, tape: Tape, dy, dfinal: dict):
         s, a = self.sched, dict(tape.arrays)
         stream = 0
         x = tape.x
@@ -272,8 +290,7 @@ class CudaKernels:
             self._gemm(d_x_proj, x2, d_wx, True, False, False, stream)      # d_x_proj^T @ x
             self._scatter(grads, s.x_group.matrices, d_wx, H, stream)
             dx = self._empty((T * B, D), stream)
-            self._gemm(d_x_proj, self._stack(params, s.x_group.matrices, False, stream), dx,
-                       False, False, False, stream)
+            self._gemm(d_x_proj, a["w_x"], dx, False, False, False, stream)
             dx = dx.reshape(T, B, D)
         else:
             dx = self._zeros((T, B, D), stream)
