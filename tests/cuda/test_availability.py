@@ -49,3 +49,15 @@ def test_cpu_path_never_imports_cuda():
         assert not loaded, loaded
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(units=0), "LaunchConfig.units must be >= 1"),
+    (dict(splits=0), "LaunchConfig.splits must be >= 1"),
+    (dict(units=32, rows=4, splits=8), "units * rows * splits = 1024"),
+    (dict(gemm_tile=33), "gemm_tile ** 2 = 1089"),
+])
+def test_launch_config_rejects_blocks_that_cannot_launch(kwargs, named):
+    from seqengine.backends.cuda.config import LaunchConfig
+    with pytest.raises(ValueError, match=named.replace("*", r"\*")):
+        LaunchConfig(**kwargs)

@@ -45,13 +45,19 @@ def test_every_kernel_compiles_to_ptx(name, dtype):
     from numba import cuda
 
     from seqengine.backends.cuda import generated_module
+    from seqengine.backends.cuda.config import STEP_MAX_THREADS
     _, module = generated_module(se.get_cell(name), dtype)
     signatures = module.KERNELS["signatures"]
     assert signatures
     for kernel, signature in signatures.items():
         py_func = getattr(module, kernel).py_func
-        ptx, _ = cuda.compile_ptx(py_func, _types(signature, dtype), cc=CC)
+        bounded = kernel in module.KERNELS["step_kernels"]
+        ptx, _ = cuda.compile_ptx(py_func, _types(signature, dtype), cc=CC,
+                                  launch_bounds=STEP_MAX_THREADS if bounded else None)
         assert ".target sm_90" in ptx, kernel
+        if bounded:   # the register budget of a full block: what the runtime's step kernels are built with
+            assert f".maxntid {STEP_MAX_THREADS}" in ptx, kernel
+            assert ".local" not in ptx, f"{kernel}: a thread-local array (the unrolled values stay registers)"
         if "persistent" in kernel:   # the steps meet at the grid barrier (a cooperative launch)
             assert "cudaCGSynchronize" in ptx, kernel
         if dtype == "float32":   # no float64 constant promoted a float32 kernel's arithmetic

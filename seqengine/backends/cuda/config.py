@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Threads a block of a step kernel may have: the kernels are compiled with this launch bound, so that
+# a block of that size always has the registers it needs (a 1024-thread block would cap a thread at 64).
+STEP_MAX_THREADS = 512
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Threads per block of the generated kernels.
@@ -35,8 +40,11 @@ class LaunchConfig:
         for name in ("units", "rows", "splits", "gemm_tile"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LaunchConfig.{name} must be >= 1")
-        if self.units * self.rows * self.splits > 1024 or self.gemm_tile ** 2 > 1024:
-            raise ValueError("a CUDA block has at most 1024 threads")
+        if self.units * self.rows * self.splits > STEP_MAX_THREADS:
+            raise ValueError(f"LaunchConfig: units * rows * splits = {self.units * self.rows * self.splits}; a step "
+                             f"kernel's block has at most {STEP_MAX_THREADS} threads (its launch bound)")
+        if self.gemm_tile ** 2 > 1024:
+            raise ValueError(f"LaunchConfig: gemm_tile ** 2 = {self.gemm_tile ** 2}; a CUDA block has at most 1024 threads")
 
 
 DEFAULT_LAUNCH = LaunchConfig()

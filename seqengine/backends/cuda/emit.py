@@ -30,6 +30,7 @@ from ...compiler.differentiate import Expr
 from ...compiler.graph import Graph
 from ...compiler.kernelplan import KernelPlan, SourceWriter, load
 from ...compiler.schedule import Schedule
+from .config import STEP_MAX_THREADS
 
 # Device helpers, one per function of the language; F is the kernel's float type so
 # that no float64 constant promotes a float32 kernel.
@@ -271,7 +272,7 @@ class CudaEmitter(KernelPlan):
     def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
         """A kernel with one thread per (b, j): grid x over units, grid y over rows."""
         self.signatures[name] = tuple(self.ndim(a) for a in args)
-        w("@cuda.jit(cache=True)")
+        w("@step_jit")
         w(f"def {name}({', '.join(args)}):")
         w.depth += 1
         for c in comments:
@@ -300,7 +301,7 @@ class CudaEmitter(KernelPlan):
         """One launch of one segment of step t: grid x over units, grid y over rows."""
         self.signatures[name] = tuple(self.ndim(a) for a in args)
         w = SourceWriter()
-        w("@cuda.jit(cache=True)")
+        w("@step_jit")
         w(f"def {name}({', '.join(args)}):")
         with w.indent():
             w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
@@ -316,7 +317,7 @@ class CudaEmitter(KernelPlan):
         args = ["steps" if a == "t" else a for a in args]
         self.signatures[name] = tuple(self.ndim(a) for a in args)
         w = SourceWriter()
-        w("@cuda.jit(cache=True)")
+        w("@step_jit")
         w(f"def {name}({', '.join(args)}):")
         with w.indent():
             w("# launched cooperatively with gridDim.x <= the blocks that fit on the GPU at once")
@@ -562,10 +563,17 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
                        "forward_infer": "forward_infer_persistent_kernel", "backward": "backward_persistent_kernel"},
         "initial": ("backward_initial_kernel", tuple(init_args)),
         "signatures": signatures,
+        "step_kernels": tuple(k for k in em.signatures),   # compiled with launch bounds (step_jit)
     }
     parts = [f'"""seqengine CUDA kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
              "import math", "", "import numpy as np", "from numba import cuda", "",
-             f"F = np.{dtype}", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", ""]
+             f"F = np.{dtype}", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", "",
+             "# Step kernels promise the compiler at most STEP_MAX_THREADS threads a block, so it keeps each",
+             "# thread's registers within what such a block may use (a block that asks for more fails to launch).",
+             "try:",
+             f"    step_jit = cuda.jit(cache=True, launch_bounds={STEP_MAX_THREADS})",
+             "except TypeError:   # the CUDA simulator's jit takes no launch bounds",
+             "    step_jit = cuda.jit(cache=True)", ""]
     for fn in sorted(used):
         parts += ["", "@cuda.jit(device=True, inline=\"always\")", HELPERS[fn], ""]
     parts += [SUPPORT_KERNELS, gemm_kernel_source()]
