@@ -3,25 +3,28 @@
 Same declaration, same schedule, same derivative table as the CPU emitter; only
 the parallel decomposition differs (see docs/CUDA.md):
 
-- One CUDA thread per (batch row b, hidden unit j) of a step: grid x over H,
-  grid y over B. A *step kernel* is launched per time step and per segment of
-  the schedule; it first computes the in-loop products of its level (each
-  thread: dot products of operand row b with weight column j of each of its k
-  gate blocks, the operand rows staged in shared memory one tile of columns at
-  a time), then the fused pointwise work of its segment. A cell with a
-  reset-before product (``U_n @ (r * h_prev)``) has a second segment: its
-  product needs every unit of ``r * h_prev`` of the row, so it runs as a second
-  phase (a second launch) of the step.
-- Backward mirrors it: per step, segments in reverse; each backward step kernel
-  first computes the GEMM adjoints that need a whole row of product adjoints
-  written by the previous launch (``d_prod_g @ weight_g``), then the pointwise
-  adjoints of its segment.
+- The work of one segment of step t for thread (b, j) is a device function (the
+  *body*): first the in-loop products of its level (each thread: its blockDim.z
+  slice of the dot products of operand row b with weight column j of each of its
+  k gate blocks, the operand rows staged in shared memory one tile of columns at
+  a time; the slices' partial sums meet in shared memory), then, on slice 0, the
+  fused pointwise work of its segment. A cell with a reset-before product
+  (``U_n @ (r * h_prev)``) has a second segment: its product needs every unit of
+  ``r * h_prev`` of the row.
+- Two kinds of kernel call the bodies: a *persistent kernel* per mode runs every
+  step in one cooperative launch, blocks walking the (rows, units) tiles and the
+  grid meeting after each segment; a *step kernel* per segment does one segment of
+  one step, one thread per (b, j), for LaunchConfig(persistent=False).
+- Backward mirrors it: per step, segments in reverse; each body first computes the
+  GEMM adjoints that need a whole row of product adjoints written by the previous
+  segment (``d_prod_g @ weight_g``), then the pointwise adjoints of its segment.
 - The hoisted input projection and the deferred weight-gradient products run in
-  one tiled shared-memory GEMM kernel (``gemm_kernel``) with transpose flags.
+  one register-tiled GEMM kernel (``gemm_kernel``) with transpose flags and an
+  optional split of the sum over grid z.
 
 Shared memory is dynamic (``cuda.shared.array(0, FT)``), sized by the launch, so
 block shapes stay runtime arguments. Array names follow the CPU kernels; per-row
-scratch is [B, H] (each thread owns one element across launches, so no races).
+scratch is [B, H] (each thread owns one element across segments, so no races).
 """
 
 from __future__ import annotations
