@@ -272,16 +272,24 @@ class CudaEmitter(KernelPlan):
         return ("f", 3)   # x_proj, state_, y, saved_, d_y, d_x_proj, d_prod_, d_params, d_state_
 
     # -- shared pieces -----------------------------------------------------------
-    def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
-        """A kernel with one thread per (b, j): grid x over units, grid y over rows."""
+    def kernel_def(self, w, name: str, args: list[str]):
+        """`def name(args):` of a step-work kernel (launch-bounded), its signature noted for the PTX check."""
         self.signatures[name] = tuple(self.ndim(a) for a in args)
         w("@step_jit")
         w(f"def {name}({', '.join(args)}):")
         w.depth += 1
-        for c in comments:
-            w(f"# {c}")
+
+    @staticmethod
+    def grid_position(w):
         w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
         w("b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y   # batch row")
+
+    def kernel_head(self, w, name: str, args: list[str], comments: list[str]):
+        """A kernel with one thread per (b, j): grid x over units, grid y over rows."""
+        self.kernel_def(w, name, args)
+        for c in comments:
+            w(f"# {c}")
+        self.grid_position(w)
         self.shape_lines(w)
 
     def shape_lines(self, w):
@@ -302,14 +310,10 @@ class CudaEmitter(KernelPlan):
 
     def step_kernel(self, name: str, body: str, args: list[str]) -> str:
         """One launch of one segment of step t: grid x over units, grid y over rows."""
-        self.signatures[name] = tuple(self.ndim(a) for a in args)
         w = SourceWriter()
-        w("@step_jit")
-        w(f"def {name}({', '.join(args)}):")
-        with w.indent():
-            w("j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x   # hidden unit")
-            w("b = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y   # batch row")
-            w(f"{body}(j, b, {', '.join(args)})")
+        self.kernel_def(w, name, args)
+        self.grid_position(w)
+        w(f"{body}(j, b, {', '.join(args)})")
         return w.text()
 
     def persistent_kernel(self, name: str, bodies: list[str], args: list[str], reverse: bool) -> str:
@@ -317,29 +321,25 @@ class CudaEmitter(KernelPlan):
         of the step, block x takes tiles x, x + gridDim.x, ...; the grid meets after every segment,
         since the next segment (or step) reads whole rows that other blocks wrote."""
         call = ", ".join(args)
-        args = ["steps" if a == "t" else a for a in args]
-        self.signatures[name] = tuple(self.ndim(a) for a in args)
         w = SourceWriter()
-        w("@step_jit")
-        w(f"def {name}({', '.join(args)}):")
+        self.kernel_def(w, name, ["steps" if a == "t" else a for a in args])
+        w("# launched cooperatively with gridDim.x <= the blocks that fit on the GPU at once")
+        w("grid = cuda.cg.this_grid()")
+        w(f"B = state_{self.s.states[0]}.shape[1]")
+        w(f"H = state_{self.s.states[0]}.shape[2]")
+        w("unit_tiles = (H + cuda.blockDim.x - 1) // cuda.blockDim.x")
+        w("tiles = unit_tiles * ((B + cuda.blockDim.y - 1) // cuda.blockDim.y)")
+        w("for step in range(steps):")
         with w.indent():
-            w("# launched cooperatively with gridDim.x <= the blocks that fit on the GPU at once")
-            w("grid = cuda.cg.this_grid()")
-            w(f"B = state_{self.s.states[0]}.shape[1]")
-            w(f"H = state_{self.s.states[0]}.shape[2]")
-            w("unit_tiles = (H + cuda.blockDim.x - 1) // cuda.blockDim.x")
-            w("tiles = unit_tiles * ((B + cuda.blockDim.y - 1) // cuda.blockDim.y)")
-            w("for step in range(steps):")
-            with w.indent():
-                w("t = steps - 1 - step" if reverse else "t = step")
-                for body in bodies:
-                    w("for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):")
-                    with w.indent():
-                        w("row_tile = tile // unit_tiles")
-                        w("j = (tile - row_tile * unit_tiles) * cuda.blockDim.x + cuda.threadIdx.x")
-                        w("b = row_tile * cuda.blockDim.y + cuda.threadIdx.y")
-                        w(f"{body}(j, b, {call})")
-                    w("grid.sync()")
+            w("t = steps - 1 - step" if reverse else "t = step")
+            for body in bodies:
+                w("for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):")
+                with w.indent():
+                    w("row_tile = tile // unit_tiles")
+                    w("j = (tile - row_tile * unit_tiles) * cuda.blockDim.x + cuda.threadIdx.x")
+                    w("b = row_tile * cuda.blockDim.y + cuda.threadIdx.y")
+                    w(f"{body}(j, b, {call})")
+                w("grid.sync()")
         return w.text()
 
     def row_products(self, w, outputs: list[str], operand_row: str, matrix: str, columns: list[str],
