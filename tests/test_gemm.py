@@ -81,7 +81,7 @@ def test_tn_of_no_rows_is_zero():
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 13, 97, 194])    # every row rest, several 96-row blocks
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6, 7, 8, 13, 15, 16, 97, 194])   # every row rest, several 96-row blocks
 def test_gemm_packed_matches_numpy(M, dtype, tol):
     NR = tiles.panel_width(np.dtype(dtype).itemsize)
     for N, K in [(5 * NR + 3, 17), (4 * NR, 1), (NR - 1, 9), (2 * NR, 0)]:   # column tail, one panel too few
@@ -124,3 +124,28 @@ def test_transpose_block_with_register_tiles_and_edges(dtype):
     at = np.full((r1 - r0, m1 - m0), np.nan, dtype)
     gemm._transpose_block(A, m0, m1, r0, r1, at)
     np.testing.assert_array_equal(at, A[m0:m1, r0:r1].T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [0, 5, 16, 37, 512 + 5])
+def test_pack_register_transposes_match_numpy(dtype, K):
+    """tiles.pack (L x L register transposes, then the last K % L columns one at a time), on one thread and
+    split over threads (tiles._pack_parallel), against NumPy's transposed panels; a B that is not
+    C-contiguous is packed from a contiguous copy."""
+    NR = tiles.panel_width(np.dtype(dtype).itemsize)
+    rng = np.random.default_rng(K)
+    for N in (NR - 1, NR, 3 * NR + 7, 2 * tiles.PARALLEL_PACK // max(K, 1) // NR * NR + NR):
+        B = rng.standard_normal((N, K)).astype(dtype)
+        P = N // NR
+        ref = B[:P * NR].reshape(P, NR, K).transpose(0, 2, 1)           # ref[p, k, c] = B[p * NR + c, k]
+        np.testing.assert_array_equal(tiles.packed(B), ref)
+        Bp = np.full((P, K, NR), np.nan, dtype)
+        tiles._pack_parallel(B, Bp, 2, False)
+        np.testing.assert_array_equal(Bp, ref)
+        Bp = np.full((P, K, NR), np.nan, dtype)                          # panels p0:p1 only
+        if P >= 2:
+            tiles.pack(B, Bp, 1, P)
+            np.testing.assert_array_equal(Bp[1:], ref[1:])
+            assert np.isnan(Bp[0]).all()
+    wide = rng.standard_normal((2 * NR, 2 * K + 1)).astype(dtype)[:, ::2]   # column stride 2
+    np.testing.assert_array_equal(tiles.packed(wide), np.ascontiguousarray(wide).reshape(2, NR, -1).transpose(0, 2, 1))

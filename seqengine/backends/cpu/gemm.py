@@ -99,10 +99,10 @@ def _tn(A, Bs, Bps, outs, at, n_blocks, accumulate):
     for c in prange(n_blocks):
         for q in range(len(Bs)):
             _pack_rows(Bs[q], c * M // n_blocks, (c + 1) * M // n_blocks, Bps[q])
-    sixes = (K1 + MR_P - 1) // MR_P                               # whole register blocks of result rows
+    row_blocks = (K1 + MR_P - 1) // MR_P                          # whole register blocks of result rows
     for c in prange(n_blocks):
-        _tn_rows(A, Bs, Bps, outs, min(K1, c * sixes // n_blocks * MR_P),
-                 min(K1, (c + 1) * sixes // n_blocks * MR_P), at[c], accumulate)
+        _tn_rows(A, Bs, Bps, outs, min(K1, c * row_blocks // n_blocks * MR_P),
+                 min(K1, (c + 1) * row_blocks // n_blocks * MR_P), at[c], accumulate)
 
 
 @njit(cache=True)

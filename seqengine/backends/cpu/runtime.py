@@ -204,6 +204,13 @@ class CpuKernels:
         elif lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
             x = np.where(np.arange(T)[:, None, None] < lengths[None, :, None], x, 0).astype(dt)
         arrays["lengths"] = lengths
+        if training and lengths is not arrays["full_lengths"]:
+            # the kernels skip a sequence's padding steps, so its saved values there would be whatever
+            # the (pooled) buffer held, NaN included, which check_finite scans: zero them
+            for b in np.flatnonzero(lengths < T):
+                for name in arrays:
+                    if name.startswith("saved_"):
+                        arrays[name][lengths[b]:, b] = 0
 
         w_x = self._x_weights(params)                                    # [Gx*H, D]
         for st in s.states:
@@ -243,6 +250,8 @@ class CpuKernels:
             final = {st: arrays[f"state_{st}"][T & 1].copy() for st in s.states}
         if s.x_shares_adjoint_with is not None:
             del arrays["x_proj"]   # not needed by backward, and not even as a buffer: free it now
+        for grp in s.groups:       # backward packs the weights in its own layout: the forward's panels go
+            del arrays[f"weight_p_{grp.name}"]   # back to the pool now, for backward's to reuse
         tape = Tape(x, arrays, chunks, extra={"units": units}) if training else None
         return y, final, tape
 

@@ -2,9 +2,10 @@
 
 Two kernels:
 - `gemm_packed`: the main one. B is packed once per call into panels of NR columns (B^T cut in
-  32-column strips); register blocks of 6 rows x 2 vectors of C are written in LLVM IR through a Numba
-  intrinsic (`_register_block`), so their 12 accumulators stay in vector registers for the whole sum:
-  each k loads two vectors of the panel, broadcasts 6 elements of A and issues 12 fused multiply-adds.
+  32-column strips); register blocks of MR_P rows (8 with AVX-512, 6 with AVX2) x 2 vectors of C are
+  written in LLVM IR through a Numba intrinsic (`_register_block`), so their 16 (12) accumulators stay in
+  vector registers for the whole sum: each k loads two vectors of the panel, broadcasts MR_P elements of
+  A and issues 2 * MR_P fused multiply-adds.
   Fewer rows span several panels (1 row x 4 panels, 2 x 2) to keep 8 accumulators in flight.
 - `gemm_nt`: a generated "dot form" 4 x 4 tile in plain Numba (16 accumulators along k, one
   horizontal sum per output), for column tails, calls with no panels (one-step calls, where packing
@@ -117,7 +118,6 @@ from ._tiles_generated import gemm_nt  # noqa: E402  (the module generate_source
 # x NV vectors of C live in vector registers for the whole k loop; each k loads NV vectors of the
 # packed panel, broadcasts MR_P scalars of A and issues MR_P * NV fused multiply-adds. Measured, one
 # thread, float32: 226-256 GFLOP/s on the shapes where the dot form gives 150-190 (RESULTS.md).
-MR_P = 6               # rows of A per register block
 NV = 2                 # vectors of C per row (NR = NV * lanes columns: 32 float32 with AVX-512)
 
 
@@ -132,6 +132,15 @@ def _vector_bytes() -> int:
 
 
 VECTOR_BYTES = _vector_bytes()
+
+# Rows of A per register block: MR_P * NV accumulators, NV panel vectors and a broadcast must fit the
+# vector registers (32 with AVX-512, 16 with AVX2). With AVX-512, 8 rows (16 accumulators) against 6
+# (12), float32, GFLOP/s on 2 threads (RESULTS.md, session 4): per-step products 16 x 2048 x 512
+# 456-475 -> 500-503, 16 x 512 x 2048 460 -> 504, 8 x 2048 x 512 341 -> 489 (one block instead of
+# 6 + 2), hoisted 800 x 2048 x 512 502 -> 513: per k, 2 panel loads and 8 broadcasts feed 16 fused
+# multiply-adds instead of 2 and 6 feeding 12, and 16 rows read each panel twice instead of three
+# times (6 + 6 + 4).
+MR_P = 8 if VECTOR_BYTES == 64 else 6
 
 
 def panel_width(itemsize: int) -> int:
@@ -295,8 +304,9 @@ def _transpose_tile():
 transpose_tile = _transpose_tile()
 
 
-_blocks = [None] + [_register_block(mr) for mr in range(1, MR_P + 1)]
-block1, block2, block3, block4, block5, block6 = _blocks[1:]
+_blocks = [None] + [_register_block(mr) for mr in range(1, 9)]
+block1, block2, block3, block4, block5, block6, block7, block8 = _blocks[1:]
+block_full = _blocks[MR_P]              # MR_P rows
 block1x4 = _register_block(1, 4)        # one row: 4 panels (8 accumulators)
 block2x2 = _register_block(2, 2)        # two rows: 2 panels
 
@@ -304,12 +314,21 @@ block2x2 = _register_block(2, 2)        # two rows: 2 panels
 @njit(cache=True, boundscheck=False, nogil=True)
 def pack(B, Bp, p0, p1):
     """Panels p0:p1 of Bp [P, K, NR] = B [N, K]^T cut in panels of NR columns (only full panels:
-    P = N // NR)."""
+    P = N // NR); B C-contiguous (`packed` makes sure). A panel is B's NR rows transposed: L x L tiles
+    (L = a vector's lanes, NR = NV * L) transposed in registers (`transpose_tile`), the last K % L
+    columns one element at a time. Element by element (NR rows of B read side by side, LLVM kept it
+    scalar) a 4 MiB pack took 0.83 ms on one thread, pack_columns (plain copies) 0.14."""
     P, K, NR = Bp.shape
-    for p in range(p0, p1):                # written in order; the NR rows of B read side by side
-        for k in range(K):
+    L = VECTOR_BYTES // B.itemsize
+    K_full = K // L * L
+    for p in range(p0, p1):                # written in order
+        panel = Bp[p]                      # [K, NR]
+        for k0 in range(0, K_full, L):
+            for h in range(0, NR, L):
+                transpose_tile(B, p * NR + h, k0, panel, k0, h)
+        for k in range(K_full, K):
             for c in range(NR):
-                Bp[p, k, c] = B[p * NR + c, k]
+                panel[k, c] = B[p * NR + c, k]
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
@@ -356,8 +375,12 @@ def gemm_packed(A, B, Bp, C, accumulate):
         rest = i_end - i_full
         for p in range(P):
             for i0 in range(i_blk, i_full, MR_P):
-                block6(A, i0, Bp, p, C, p * NR, accumulate)
-            if rest == 5:
+                block_full(A, i0, Bp, p, C, p * NR, accumulate)
+            if rest == 7:                                          # (MR_P = 8 only)
+                block7(A, i_full, Bp, p, C, p * NR, accumulate)
+            elif rest == 6:
+                block6(A, i_full, Bp, p, C, p * NR, accumulate)
+            elif rest == 5:
                 block5(A, i_full, Bp, p, C, p * NR, accumulate)
             elif rest == 4:
                 block4(A, i_full, Bp, p, C, p * NR, accumulate)
@@ -385,6 +408,7 @@ def gemm_packed(A, B, Bp, C, accumulate):
 def packed(B, empty=np.empty):
     """pack(B) in a new array [N // NR, K, NR] from `empty(shape, dtype)` (the runtime passes its buffer
     pool's: fresh pages cost ~3.5 us each to fault in here); no panels (the dot-form path only) if N < NR."""
+    B = np.ascontiguousarray(B)           # (pack's register transposes read whole rows)
     NR = panel_width(B.dtype.itemsize)
     Bp = empty((B.shape[0] // NR, B.shape[1], NR), B.dtype)
     n = _pack_threads(Bp.size)

@@ -44,7 +44,8 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig: units * rows * splits = {self.units * self.rows * self.splits}; a step "
                              f"kernel's block has at most {STEP_MAX_THREADS} threads (its launch bound)")
         if self.gemm_tile ** 2 > 1024:
-            raise ValueError(f"LaunchConfig: gemm_tile ** 2 = {self.gemm_tile ** 2}; a CUDA block has at most 1024 threads")
+            raise ValueError(f"LaunchConfig: gemm_tile ** 2 = {self.gemm_tile ** 2}; "
+                             "a CUDA block has at most 1024 threads")
 
 
 DEFAULT_LAUNCH = LaunchConfig()

@@ -384,7 +384,8 @@ class CudaEmitter(KernelPlan):
                         w(f"{o} += o * {matrix}[kz + kk, {col}]")
                     w("kk += 1")
             w("cuda.syncthreads()")
-        w("if cuda.blockDim.z > 1:   # the slices' partial sums meet: [outputs, splits, rows, units] after the operands")
+        # the slices' partial sums meet in shared memory: [outputs, splits, rows, units] after the operands
+        w("if cuda.blockDim.z > 1:")
         with w.indent():
             for m, o in enumerate(outputs):
                 w(f"shared[{m + 1} * threads + row + cuda.threadIdx.x] = {o}")
@@ -401,7 +402,7 @@ class CudaEmitter(KernelPlan):
     def shared_tile(self, w):
         w("shared = cuda.shared.array(0, FT)   # operands [splits, rows, units], then partial sums (row_products)")
         w("threads = cuda.blockDim.x * cuda.blockDim.y * cuda.blockDim.z")
-        w("row = (cuda.threadIdx.z * cuda.blockDim.y + cuda.threadIdx.y) * cuda.blockDim.x   # this thread's operand row")
+        w("row = (cuda.threadIdx.z * cuda.blockDim.y + cuda.threadIdx.y) * cuda.blockDim.x   # its operand row")
 
     # -- forward -----------------------------------------------------------------
     def forward_args(self, training: bool) -> list[str]:
