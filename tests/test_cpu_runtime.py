@@ -4,8 +4,8 @@ LSTM written here.
 - Weight packing: the forward's panels of the in-loop weights are not kept on the tape (backward packs its
   own layout; the forward's block goes back to the buffer pool for it), and steps run back to back, with
   pooled blocks handed from forward to backward, stay exact.
-- Padding: the kernels skip the steps past a sequence's length, so the runtime zeroes the saved values
-  there: the tape holds no leftover of its buffers (check_finite scans it; a NaN left in a reused buffer
+- Padding: a step past a sequence's length computes nothing, and its padding branch zeroes every saved
+  value there (compiler/kernelplan.py, `forward_padding_lines`): the tape holds no leftover of its buffers (check_finite scans it; a NaN left in a reused buffer
   made it report a NaN that the step never computed)."""
 
 import numpy as np

@@ -231,6 +231,15 @@ def _outputs(y, final, prefix="final_"):
     return out
 
 
+def _training_outputs(y, final, dx, dstate0, grads):
+    """A training step's results by the names the runner compares (host arrays, states [B, H])."""
+    out = _outputs(y, final)
+    out["dx"] = dx
+    out.update({f"dstate0_{s}": v for s, v in dstate0.items()})
+    out.update({f"grad_{k}": g for k, g in grads.items()})
+    return out
+
+
 class SeqengineImpl:
     name = "seqengine"
 
@@ -254,11 +263,8 @@ class SeqengineImpl:
         self.rnn.train()
         y, final = self.rnn.forward(self.x, self.state0)
         dx, dstate0 = self.rnn.backward(self.dy, self.dfinal)
-        out = _outputs(y, {s: v[0] for s, v in final.items()})
-        out["dx"] = dx
-        out.update({f"dstate0_{s}": v[0] for s, v in dstate0.items()})
-        out.update({f"grad_{k}": g for k, g in self.rnn.grads.items()})
-        return out
+        return _training_outputs(y, {s: v[0] for s, v in final.items()}, dx,
+                                 {s: v[0] for s, v in dstate0.items()}, self.rnn.grads)
 
 
 class _TorchBase:
@@ -305,11 +311,9 @@ class TorchLoopImpl(_TorchBase):
         s0 = {s: self._leaf(v) for s, v in self.state0.items()}
         y, final = self.fn(torch, p, x, s0)
         torch.autograd.backward([y], [self.dy])
-        out = _outputs(y.detach().cpu().numpy(), {s: v.detach().cpu().numpy() for s, v in final.items()})
-        out["dx"] = x.grad.cpu().numpy()
-        out.update({f"dstate0_{s}": v.grad.cpu().numpy() for s, v in s0.items()})
-        out.update({f"grad_{k}": v.grad.cpu().numpy() for k, v in p.items()})
-        return out
+        return _training_outputs(y.detach().cpu().numpy(), {s: v.detach().cpu().numpy() for s, v in final.items()},
+                                 x.grad.cpu().numpy(), {s: v.grad.cpu().numpy() for s, v in s0.items()},
+                                 {k: v.grad.cpu().numpy() for k, v in p.items()})
 
 
 # torch.nn.LSTM / GRU pack their gates in seqengine's gate order (lstm i,f,g,o; gru r,z,n).
@@ -357,15 +361,14 @@ class TorchNativeImpl(_TorchBase):
         s0 = {s: self._leaf(v) for s, v in self.state0.items()}
         y, hs = self.module(x, self._state(s0))
         torch.autograd.backward([y], [self.dy])
-        out = _outputs(y.detach().cpu().numpy(), {s: v.detach().cpu().numpy() for s, v in self._final(hs).items()})
-        out["dx"] = x.grad.cpu().numpy()
-        out.update({f"dstate0_{s}": v.grad.cpu().numpy() for s, v in s0.items()})
-        H = self.H
+        H, grads = self.H, {}
         for slot, k in (("weight_ih_l0", 0), ("weight_hh_l0", 1), ("bias_ih_l0", 2), ("bias_hh_l0", 3)):
             g = getattr(self.module, slot).grad.cpu().numpy()
             for blk, n in enumerate(self.layout):
-                out[f"grad_{n[k]}"] = g[blk * H:(blk + 1) * H]
-        return out
+                grads[n[k]] = g[blk * H:(blk + 1) * H]
+        return _training_outputs(y.detach().cpu().numpy(),
+                                 {s: v.detach().cpu().numpy() for s, v in self._final(hs).items()},
+                                 x.grad.cpu().numpy(), {s: v.grad.cpu().numpy() for s, v in s0.items()}, grads)
 
 
 class NumpyImpl:
@@ -409,11 +412,10 @@ class SeqengineCudaImpl:
         y, final, tape = functional.forward(self.cell, self.params, self.x, self.state0, training=True,
                                             backend="cuda")
         dx, dstate0, grads = functional.backward(self.cell, self.params, tape, self.dy, self.dfinal, backend="cuda")
-        out = _outputs(y.copy_to_host(), {s: v.copy_to_host() for s, v in final.items()})
-        out["dx"] = dx.copy_to_host()
-        out.update({f"dstate0_{s}": v.copy_to_host() for s, v in dstate0.items()})
-        out.update({f"grad_{k}": g.copy_to_host() for k, g in grads.items()})
-        return out
+
+        def host(arrays):
+            return {k: v.copy_to_host() for k, v in arrays.items()}
+        return _training_outputs(y.copy_to_host(), host(final), dx.copy_to_host(), host(dstate0), host(grads))
 
 
 class TorchNativeCudaImpl(TorchNativeImpl):

@@ -268,8 +268,10 @@ class KernelPlan:
     def forward_padding_lines(self, seg: int, training: bool) -> list[str]:
         """What a step past a sequence's length writes at (b, j); only the last segment writes.
 
-        Training zeroes the state rows (the output may be a view of them) and the saved operands of the
-        deferred weight GEMMs; inference carries the state forward so slot T & 1 ends as the final state.
+        Training zeroes the state rows (the output may be a view of them) and every saved value: the
+        operands of the deferred weight GEMMs, and the rest so that the tape holds nothing a reused
+        buffer held before (check_finite scans it); inference carries the state forward so slot T & 1
+        ends as the final state.
         """
         if seg != len(self.s.segments) - 1:
             return []
@@ -283,7 +285,7 @@ class KernelPlan:
         if self.writes_y(training):
             lines.append("y[t, b, j] = F(0.0)")
         if training:
-            lines += [f"{self.saved_array(i)}[t, b, j] = F(0.0)" for i in sorted(self.operands)]
+            lines += [f"{self.saved_array(i)}[t, b, j] = F(0.0)" for i in sorted(self.saved | self.operands)]
         return lines
 
     # -- backward ----------------------------------------------------------------------------------

@@ -87,9 +87,11 @@ def _digest(module) -> str:
 _ELEMENT = re.compile(r"\b([A-Za-z_]\w*)\[([^\[\]]*)\]")
 
 
-def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1", only: str = "") -> tuple[list[tuple[str, str]], list[str]]:
+def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1",
+               only: str = "") -> tuple[list[tuple[str, str, bool]], list[str]]:
     """Rewrite element lines over units j0:j1 to index 1-D views by j = 0 .. j1 - j0 - 1 (only the arrays
-    whose names start with `only`, if given).
+    whose names start with `only`, if given). Returns the views as (name, source, per_row: whether the
+    source depends on the row or step, b, r or t), and the rewritten lines.
 
     Every array element of a line is indexed by unit j in its last axis (``a[j]``, ``a[t, b, j]``,
     ``a[c, r, 2 * H + j]``); each becomes ``a_u<k>[j]`` with ``a_u<k> = a[t, b, 2 * H + j0:2 * H + j1]``
@@ -97,6 +99,7 @@ def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1", only: str = "")
     indices and kept the loop scalar or gathered (LSTM, 128 units: 1.8 vs 0.14 us a step); over a
     zero-based loop into 1-D views it emits the same packed code as the all-units loop."""
     views: dict[tuple[str, str], str] = {}
+    per_row: dict[str, bool] = {}
 
     def view(m: re.Match) -> str:
         name, index = m.group(1), m.group(2)
@@ -114,6 +117,7 @@ def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1", only: str = "")
         key = (name, source)
         if key not in views:
             views[key] = f"{name}_u{len(views)}"
+            per_row[views[key]] = any(re.search(r"\b[btr]\b", part) for part in lead)
         return f"{views[key]}[j]"
 
     out = [_ELEMENT.sub(view, line) for line in lines]
@@ -121,7 +125,7 @@ def unit_views(lines: list[str], j0: str = "j0", j1: str = "j1", only: str = "")
         bare = re.sub(r"\w+_u\d+\[j\]", "", line) if not only else ""
         if re.search(r"\bj\b", bare):
             raise ValueError(f"unit index j outside an array element in {line!r}")
-    return [(name, source) for (_, source), name in views.items()], out
+    return [(name, source, per_row[name]) for (_, source), name in views.items()], out
 
 
 class CpuEmitter(KernelPlan):
@@ -279,9 +283,8 @@ class CpuEmitter(KernelPlan):
         if not lines:
             return
         views, lines = unit_views(lines, "0", "H", only="state_") if units == "H" else unit_views(lines)
-        for name, source in views:
-            lead = source[source.index("[") + 1:source.rindex(",") if "," in source else source.index("[") + 1]
-            if self.hoisted is not None and not re.search(r"\b[btr]\b", lead):   # a member's own parameters:
+        for name, source, per_row in views:
+            if self.hoisted is not None and not per_row:                          # a member's own parameters:
                 lines = [re.sub(rf"\b{name}\[", f"{self.hoisted.setdefault(source, f'own{len(self.hoisted)}')}[", ln)
                          for ln in lines]                                         # one view for all steps
                 continue

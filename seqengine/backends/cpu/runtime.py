@@ -204,13 +204,6 @@ class CpuKernels:
         elif lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
             x = np.where(np.arange(T)[:, None, None] < lengths[None, :, None], x, 0).astype(dt)
         arrays["lengths"] = lengths
-        if training and lengths is not arrays["full_lengths"]:
-            # the kernels skip a sequence's padding steps, so its saved values there would be whatever
-            # the (pooled) buffer held, NaN included, which check_finite scans: zero them
-            for b in np.flatnonzero(lengths < T):
-                for name in arrays:
-                    if name.startswith("saved_"):
-                        arrays[name][lengths[b]:, b] = 0
 
         w_x = self._x_weights(params)                                    # [Gx*H, D]
         for st in s.states:

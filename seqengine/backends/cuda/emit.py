@@ -399,6 +399,13 @@ class CudaEmitter(KernelPlan):
                         w(f"{o} += shared[{m + 1} * threads + other]")
             w("cuda.syncthreads()")
 
+    @staticmethod
+    def products_done(w):
+        """After the products: only slice 0 of an active thread goes on to the pointwise work."""
+        w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
+        with w.indent():
+            w("return")
+
     def shared_tile(self, w):
         w("shared = cuda.shared.array(0, FT)   # operands [splits, rows, units], then partial sums (row_products)")
         w("threads = cuda.blockDim.x * cuda.blockDim.y * cuda.blockDim.z")
@@ -440,9 +447,7 @@ class CudaEmitter(KernelPlan):
                 self.row_products(w, [self.product_local(m) for m in grp.members], row, f"weightT_{grp.name}",
                                   [self.block(m) for m in grp.members], f"weightT_{grp.name}.shape[0]",
                                   f"{' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
-            w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
-            with w.indent():
-                w("return")
+            self.products_done(w)
             w("if t >= lengths[b]:   # past the end of this sequence")
             with w.indent():
                 for line in self.forward_padding_lines(seg, training):
@@ -495,9 +500,7 @@ class CudaEmitter(KernelPlan):
                 self.row_products(w, [f"d_operand_{self.stem(grp.operand)}"], f"d_prod_{grp.name}[t, b, {{k}}]",
                                   f"weight_{grp.name}", ["j"], f"d_prod_{grp.name}.shape[2]",
                                   f"d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
-            w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
-            with w.indent():
-                w("return")
+            self.products_done(w)
             if seg == top:   # the first launch of step t clears what the step accumulates into
                 for st in self.accumulated_states():
                     w(f"{self.d_state(st, 't & 1')} = F(0.0)")
@@ -524,9 +527,7 @@ class CudaEmitter(KernelPlan):
             self.shared_tile(w)
         for st in gemm_states:
             self.state_gemm(w, st)
-        w("if not active or cuda.threadIdx.z > 0:   # slice 0 finishes the products")
-        with w.indent():
-            w("return")
+        self.products_done(w)
         for st in s.states:
             gemm = f" + d_gemm_{st}" if st in gemm_states else ""
             w(f"d_init_{st}[b, j] = d_state_{st}[0, b, j]{gemm}")
