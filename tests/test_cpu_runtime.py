@@ -110,3 +110,40 @@ def test_padding_leaves_no_buffer_contents_on_the_tape(monkeypatch):
     y2, _ = rnn.forward(x, {s: v[None] for s, v in state0.items()}, lengths=lengths)   # no NonFiniteError
     np.testing.assert_array_equal(y2, y)
     rnn.backward(np.ones_like(y2))
+
+
+def test_kernels_compile_interleaved_and_nothing_else_does(monkeypatch):
+    """emit.compile_interleaved: a kernel module's functions compile with LLVM's vectorizer interleaving
+    VECTOR_INTERLEAVE vectors (a process-wide option, set only during their compiles), and a function
+    compiled afterwards gets LLVM's own choice again: the same code as before. (3 vectors here: a count
+    LLVM's cost model, which picks powers of 2, never chooses itself.)"""
+    import types
+
+    from numba import njit
+
+    from seqengine.backends.cpu import emit
+
+    def loop():
+        @njit(fastmath=True)
+        def scale(a, out):
+            for j in range(a.shape[0]):
+                out[j] = a[j] * np.float32(3.0) + np.float32(1.0)
+        return scale
+
+    def assembly(fn):
+        out = np.zeros(67, np.float32)
+        fn(np.ones(67, np.float32), out)
+        assert (out == 4.0).all()
+        return [ln.split()[0] for ln in fn.inspect_asm(fn.signatures[0]).splitlines()     # its instructions
+                if ln.startswith("\t") and not ln.startswith("\t.")]
+
+    monkeypatch.setattr(emit, "VECTOR_INTERLEAVE", 3)
+    before = assembly(loop())
+    module = types.ModuleType("interleaved_probe")
+    module.scale = loop()
+    module.scale.__module__ = module.__name__
+    emit.compile_interleaved(module)
+    interleaved = assembly(module.scale)
+    after = assembly(loop())
+    assert after == before
+    assert interleaved != before

@@ -8,7 +8,7 @@ from ...cell import Cell
 from ...compiler.cache import load_generated_module
 from ...compiler.parse import parse_cell
 from ...compiler.schedule import schedule
-from .emit import emit_module, raise_vectorizer_limits
+from .emit import compile_interleaved, emit_module, raise_vectorizer_limits
 from .runtime import CpuKernels
 
 
@@ -38,5 +38,6 @@ def compile_cell(cell: Cell, dtype="float32") -> CpuKernels:
         sched = schedule(parse_cell(cell), recompute=True)
         source, _ = emit_module(sched, dtype, doc=_doc(cell))
         module = load_generated_module(f"{cell.name}_{dtype}_cpu", source)
+        compile_interleaved(module)
         _compiled[key] = CpuKernels(sched, module, np.dtype(dtype))
     return _compiled[key]

@@ -77,6 +77,39 @@ def raise_vectorizer_limits():
         llvm.set_option("seqengine", "-vectorize-memory-check-threshold=4096")
 
 
+# The gate loops' vector bodies are long dependency chains (peephole forward: exp, divide, then the
+# cell state, then two more exps), so one iteration's latency bounds the loop. Interleaving two
+# vectors per iteration gives the core two independent chains (LLVM chose one, with 16 lanes). Peephole
+# 100x64x256, forward kernel: 11.7 -> 11.0 ms (RESULTS.md, session 5).
+VECTOR_INTERLEAVE = 2
+
+
+def compile_interleaved(module) -> None:
+    """Compile every kernel of a generated `module` with LLVM's loop vectorizer interleaving
+    VECTOR_INTERLEAVE vectors per iteration.
+
+    The interleave count is a process-wide LLVM option, not a per-function one: it is set only while
+    one of these kernels compiles (under Numba's compiler lock, so no other compile sees it) and reset
+    to LLVM's default (0: its own cost model) after; kernels loaded from the disk cache do not compile."""
+    import llvmlite.binding as llvm
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import CPUDispatcher
+
+    def interleaved(compile_signature):
+        def compile(sig):
+            with global_compiler_lock:
+                llvm.set_option("seqengine", f"-force-vector-interleave={VECTOR_INTERLEAVE}")
+                try:
+                    return compile_signature(sig)
+                finally:
+                    llvm.set_option("seqengine", "-force-vector-interleave=0")
+        return compile
+
+    for value in vars(module).values():
+        if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__:
+            value.compile = interleaved(value.compile)
+
+
 def _digest(module) -> str:
     """Generated modules import fastmath and team; their digests in the source key Numba's cache to
     their versions (Numba's cache does not see a changed callee)."""
@@ -450,7 +483,8 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict[s
         parts.append("from seqengine.backends.cpu.fastmath import "
                      + ", ".join(f"{src} as {fn}" for fn, src in sorted(fast.items())))
         parts.append("")
-    parts += [f"F = np.{dtype}", f"FASTMATH = {FASTMATH}", ""]
+    parts += [f"F = np.{dtype}", f"FASTMATH = {FASTMATH}",
+              f"VECTOR_INTERLEAVE = {VECTOR_INTERLEAVE}   # (emit.compile_interleaved: here to key the disk cache)", ""]
     for fn in sorted(used - set(fast)):
         parts += ["", JIT, HELPERS[fn], ""]
     for name, (src, args) in kernels.items():
