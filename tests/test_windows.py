@@ -84,6 +84,7 @@ def test_pooled_arrays_are_ordinary_and_reused():
     del view
     c = workspace.empty((1024, 64), np.float32)                  # same size: the freed block comes back
     assert c.ctypes.data == address
+    assert address % 64 == 0 and b.ctypes.data % 64 == 0         # blocks start at a cache line
     z = workspace.zeros((300, 300), np.float64)
     assert z.dtype == np.float64 and not z.any()
     small = workspace.empty((3,), np.float32)
