@@ -235,7 +235,8 @@ class RNN:
 
         D = 2 when bidirectional (forward direction first along the last axis). With batch_first, x and y
         are [B, T, ...]. lengths [B] (any order, 1..T): y is zero past each length, each final state is
-        taken at the sequence's own last step, and the reverse direction starts there.
+        taken at the sequence's own last step, and the reverse direction starts there. In training mode a
+        unidirectional RNN's y is read-only: it is the memory the tape keeps for backward, not a copy.
         """
         x = self._check_x(x)
         T, B, _ = x.shape

@@ -257,6 +257,37 @@ def test_backward_none_means_zeros_and_converted_dy_is_right(x):
         assert_close(g_ref[k], g64[k], 1e-4, 1e-5, f"d{k}")
 
 
+def test_read_only_inputs_are_accepted_and_the_training_output_is_read_only(x):
+    """A read-only x (a memory map, np.frombuffer) and dy give the numbers of writable ones (a read-only x
+    once broke backward's weight GEMMs in Numba's typing); the training y is the tape's own memory,
+    handed out read-only, with the numbers of an inference run (checked against the float64 engine)."""
+    rnn = se.RNN("rnn", D, H, seed=5)
+    dy = np.random.default_rng(4).standard_normal((T, B, H)).astype(np.float32)
+    y_ref, _ = rnn.forward(x)
+    dx_ref, _ = rnn.backward(dy)
+    y_ref, dx_ref, g_ref = y_ref.copy(), dx_ref.copy(), {k: v.copy() for k, v in rnn.grads.items()}
+    x_ro, dy_ro = x.copy(), dy.copy()
+    x_ro.flags.writeable = dy_ro.flags.writeable = False
+    y, _ = rnn.forward(x_ro)
+    assert not y.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        y[0] = 0.0
+    dx, _ = rnn.backward(dy_ro)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for k in g_ref:
+        np.testing.assert_array_equal(rnn.grads[k], g_ref[k])
+    rnn.eval()
+    y_eval, _ = rnn.forward(x_ro)
+    assert y_eval.flags.writeable
+    np.testing.assert_array_equal(y_eval, y_ref)
+    p64 = {k: v.astype(np.float64) for k, v in rnn.params.items()}
+    y64, _, dx64, _, _ = run_engine(rnn.cell, p64, x.astype(np.float64), {"h": np.zeros((B, H))},
+                                    dy.astype(np.float64), {"h": np.zeros((B, H))})
+    assert_close(y_ref, y64, 1e-5, 1e-6, "y")
+    assert_close(dx_ref, dx64, 1e-4, 1e-5, "dx")
+
+
 def test_grads_are_set_not_accumulated(x):
     rnn = se.RNN("rnn", D, H, seed=0)
     dy = np.ones((T, B, H), np.float32)

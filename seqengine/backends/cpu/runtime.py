@@ -192,6 +192,8 @@ class CpuKernels:
 
     def _forward(self, params, x, state0, training, lengths):
         s, dt = self.sched, self.dtype
+        if not x.flags.writeable:   # Numba types read-only arrays apart: in one tuple with the (writable)
+            x = x.copy()            # states, backward's weight GEMM operands would not compile
         T, B, D = x.shape
         H = next(iter(state0.values())).shape[1]
         units = self._team_units(training, T, B, H)
@@ -256,6 +258,8 @@ class CpuKernels:
 
     def _backward(self, params, tape, dy, dfinal):
         s, dt, a = self.sched, self.dtype, dict(tape.arrays)
+        if not dy.flags.writeable:  # a read-only dy would compile a second backward kernel (seconds)
+            dy = dy.copy()
         x = tape.x
         T, B, D = x.shape
         H = a[f"state_{s.states[0]}"].shape[2]
