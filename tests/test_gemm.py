@@ -4,7 +4,6 @@ Shapes cover every tile edge (M, N not multiples of the 4 x 4 tile), sums longer
 empty sums, one row, several threads' row blocks, and the accumulate flag.
 """
 
-import numba
 import numpy as np
 import pytest
 
@@ -73,29 +72,6 @@ def test_tn_many_over_several_depth_blocks_and_threads(dtype, tol):
     Bs = [rng.standard_normal((M, k)).astype(dtype) for k in (64, 45, 2)]
     for out, B in zip(gemm.tn_many(A, Bs), Bs):
         ref = A.astype(np.float64).T @ B.astype(np.float64)
-        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("split", ["sum", "rows"])
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-11), (np.float32, 2e-5)])
-def test_tn_many_with_the_sum_or_the_result_rows_split_over_threads(monkeypatch, split, dtype, tol):
-    """Both ways of splitting tn_many over threads, forced by the size threshold: sum split (each thread
-    its share of the rows, blocks of TN_SUM_BLOCK with a rest, a partial result per thread, added
-    after) and result rows split; written and accumulated, operands with a column tail past the panels."""
-    monkeypatch.setattr(gemm, "TN_SUM_SPLIT_BYTES", 2 ** 40 if split == "sum" else 0)
-    calls = []
-    monkeypatch.setattr(gemm, "_tn_sum_split", lambda *a, f=gemm._tn_sum_split: calls.append(1) or f(*a))
-    rng = np.random.default_rng(11)
-    M = 4 * gemm.TN_SUM_BLOCK + 77                                             # enough work for 2 threads
-    A = rng.standard_normal((M, 2 * 32 + 5)).astype(dtype)
-    Bs = [rng.standard_normal((M, k)).astype(dtype) for k in (96, 45)]
-    first = rng.standard_normal((A.shape[1], 96)).astype(dtype)
-    outs = [first.copy(), np.full((A.shape[1], 45), np.nan, dtype)]
-    gemm.tn_many(A, Bs[:1], outs=outs[:1], accumulate=True)                    # added to what is there
-    gemm.tn_many(A, Bs[1:], outs=outs[1:])                                      # written over NaN
-    assert len(calls) == (2 if split == "sum" and numba.get_num_threads() > 1 else 0)
-    for out, B, before in zip(outs, Bs, (first, 0)):
-        ref = before + A.astype(np.float64).T @ B.astype(np.float64)
         np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 

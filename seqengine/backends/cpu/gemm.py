@@ -11,10 +11,9 @@ gives 119-126) on a contiguous block.
 
     nt(A [M, K], Bt [N, K]) -> [M, N]          A @ Bt^T        (rows of A split; Bt packed once)
     rows(A [M, K], B [K, N]) -> [M, N]         A @ B           (nt on B^T)
-    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (A transposed, B packed into panels,
-                                                               K1 split)
-    tn_many(A, [B, ...])                       the same for several Bs, A transposed once; small results
-                                               split the sum instead (M split, partial results added)
+    tn(A [M, K1], B [M, K2]) -> [K1, K2]       A^T @ B         (A transposed, B read in place as
+                                                               panels, K1 split)
+    tn_many(A, [B, ...])                       the same for several Bs, A transposed once
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import tiles, workspace
-from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed, pack_columns, transpose_tile
+from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed, transpose_tile
 
 # tn packs this many rows of each B at a time into per-thread panels.
 TN_BLOCK = 512
@@ -60,103 +59,41 @@ def _transpose_block(A, m0, m1, r0, r1, at):
 
 
 @njit(cache=True)
-def _panels_of_block(Bp, m0, m1, K2):
-    """The panels [K2 // NR, m1 - m0, NR] of rows m0:m1 (one TN_BLOCK) of B inside its flat panel buffer
-    Bp: each block's panels are contiguous, as the register blocks need."""
-    NR = NV * VECTOR_BYTES // Bp.itemsize                          # tiles.panel_width
-    P = K2 // NR
-    return Bp[m0 * P * NR:m1 * P * NR].reshape((P, m1 - m0, NR))
+def _panels_in_place(B):
+    """B [n, K2]'s first K2 // NR * NR columns as panels [K2 // NR, n, NR] without packing: a strided view,
+    panel p row m = B[m, p * NR:(p + 1) * NR], which the register blocks read as they read packed
+    panels (NR contiguous floats a row). For the weight gradients' long sums the copy did not pay: B is
+    read once either way, and the pack wrote and read it once more (a 6.4 MiB operand: 13 MiB of
+    traffic at ~10-16 GB/s). Weight GEMMs in the step, two alternated runs: peephole 100x64x256 15.63 /
+    15.13 -> 14.92 / 15.40 ms, coupled 12.67 / 11.96 -> 11.51 / 11.66, and no packed copy (6.4 MiB each)."""
+    NR = NV * VECTOR_BYTES // B.itemsize                          # tiles.panel_width
+    return np.lib.stride_tricks.as_strided(B, (B.shape[1] // NR, B.shape[0], NR),
+                                           (NR * B.itemsize, B.strides[0], B.itemsize))
 
 
 @njit(cache=True)
-def _pack_rows(B, m0, m1, Bp):
-    """Rows m0:m1 of B [M, K2] into its flat panel buffer Bp, block by block (see _panels_of_block)."""
-    M, K2 = B.shape
-    for b0 in range(m0 - m0 % TN_BLOCK, m1, TN_BLOCK):
-        b1 = min(b0 + TN_BLOCK, M)
-        pack_columns(B[b0:b1], max(m0, b0) - b0, min(m1, b1) - b0, _panels_of_block(Bp, b0, b1, K2))
-
-
-@njit(cache=True)
-def _tn_rows(A, Bs, Bps, outs, r0, r1, at, accumulate):
+def _tn_rows(A, Bs, outs, r0, r1, at, accumulate):
     """outs[q][r0:r1] (+)= A[:, r0:r1]^T @ Bs[q], TN_BLOCK rows of A and the Bs (the sum's depth) at a time:
     the block of A^T (the register blocks' broadcast rows) is transposed into `at`, where it stays in
-    cache for all the Bs, which are read in their panels Bps[q]."""
+    cache for all the Bs, which are read in place (`_panels_in_place`)."""
     M = A.shape[0]
     for m0 in range(0, M, TN_BLOCK):
         m1 = min(m0 + TN_BLOCK, M)
         a_t = at[:(r1 - r0) * (m1 - m0)].reshape((r1 - r0, m1 - m0))     # [r1 - r0, n]
         _transpose_block(A, m0, m1, r0, r1, a_t)
-        for q in range(len(Bs)):
-            Bt = Bs[q].T                                              # [K2, M]: its columns past the panels
-            gemm_packed(a_t, Bt[:, m0:m1], _panels_of_block(Bps[q], m0, m1, Bt.shape[0]),   # go through
-                        outs[q][r0:r1], accumulate or m0 > 0)                                 # dot-form tiles
+        for q in range(len(Bs)):       # (B's columns past the panels go through the dot-form tiles)
+            B = Bs[q][m0:m1]                                                                   # [n, K2]
+            gemm_packed(a_t, B.T, _panels_in_place(B), outs[q][r0:r1], accumulate or m0 > 0)
 
 
 @njit(parallel=True, cache=True)
-def _tn(A, Bs, Bps, outs, at, n_blocks, accumulate):
-    """`tn_many` on n_blocks threads: the Bs packed (rows split), then the result's rows split."""
+def _tn(A, Bs, outs, at, n_blocks, accumulate):
+    """`tn_many` with the result's rows split over n_blocks threads."""
     M, K1 = A.shape
-    for c in prange(n_blocks):
-        for q in range(len(Bs)):
-            _pack_rows(Bs[q], c * M // n_blocks, (c + 1) * M // n_blocks, Bps[q])
     row_blocks = (K1 + MR_P - 1) // MR_P                          # whole register blocks of result rows
     for c in prange(n_blocks):
-        _tn_rows(A, Bs, Bps, outs, min(K1, c * row_blocks // n_blocks * MR_P),
+        _tn_rows(A, Bs, outs, min(K1, c * row_blocks // n_blocks * MR_P),
                  min(K1, (c + 1) * row_blocks // n_blocks * MR_P), at[c], accumulate)
-
-
-# tn_many splits the sum (the rows M) over threads instead of the result's rows when each thread's
-# partial result [K1, sum K2] takes at most this many bytes (half the L2 here). Split by result rows,
-# every thread reads all the packed Bs; split by the sum, each thread reads a share of A and the Bs
-# once, packing and transposing them block by block into its own cache right before use. RNN
-# 100 x 64 x 256 (K1 = 256, Bs 256 + 256, M = 6400), the weight GEMMs inside a training step:
-# 4.29 -> 3.99 ms; with larger results (coupled, K1 = 768) the partial results' traffic lost: 11.6 -> 12.8.
-TN_SUM_SPLIT_BYTES = 2 ** 19
-TN_SUM_BLOCK = 256          # rows of the sum per block: A^T and the packed Bs of a block stay in L2
-
-
-@njit(parallel=True, cache=True)
-def _tn_sum_split(A, Bs, outs, parts, at, bp, n_blocks, accumulate):
-    """`tn_many` with the sum split over n_blocks threads: thread c sums its share of the rows of A and
-    the Bs into its own partial result parts[c] = [K1, sum K2] (the Bs side by side), then the partial
-    results are added into outs, the result's rows split over the threads."""
-    M, K1 = A.shape
-    NR = NV * VECTOR_BYTES // A.itemsize                          # tiles.panel_width
-    for c in prange(n_blocks):
-        m_lo, m_hi = c * M // n_blocks, (c + 1) * M // n_blocks               # (tn_many: never empty)
-        for m0 in range(m_lo, m_hi, TN_SUM_BLOCK):
-            m1 = min(m0 + TN_SUM_BLOCK, m_hi)
-            a_t = at[c, :K1 * (m1 - m0)].reshape((K1, m1 - m0))                       # [K1, n]
-            _transpose_block(A, m0, m1, 0, K1, a_t)
-            col = 0
-            for q in range(len(Bs)):
-                B = Bs[q][m0:m1]                                                        # [n, K2]
-                K2 = B.shape[1]
-                panels = bp[c, :K2 // NR * (m1 - m0) * NR].reshape((K2 // NR, m1 - m0, NR))   # [P, n, NR]
-                pack_columns(B, 0, m1 - m0, panels)
-                gemm_packed(a_t, B.T, panels, parts[c, :, col:col + K2], m0 > m_lo)
-                col += K2
-    for c in prange(n_blocks):
-        for i in range(c * K1 // n_blocks, (c + 1) * K1 // n_blocks):
-            col = 0
-            for q in range(len(outs)):
-                out = outs[q][i]                                                        # [K2]
-                K2 = out.shape[0]
-                if not accumulate:
-                    out[:] = 0
-                for p in range(parts.shape[0]):
-                    row = parts[p, i, col:col + K2]
-                    for j in range(K2):
-                        out[j] += row[j]
-                col += K2
-
-
-@njit(cache=True)
-def _tn_serial(A, Bs, Bps, outs, at, accumulate):
-    for q in range(len(Bs)):
-        _pack_rows(Bs[q], 0, A.shape[0], Bps[q])
-    _tn_rows(A, Bs, Bps, outs, 0, A.shape[1], at, accumulate)
 
 
 # Products with at least this many rows pack the weight into panels for the register-block kernel.
@@ -217,10 +154,9 @@ def tn(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def tn_many(A: np.ndarray, Bs, outs=None, accumulate: bool = False) -> list[np.ndarray]:
-    """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: each B packed into panels once, the result's rows
+    """[A [M, K1]^T @ B [M, K2] -> [K1, K2] for each B]: each B read in place as panels, the result's rows
     split over threads, each summing over all M in blocks of A^T transposed into its cache (no
     per-thread partial results to add up afterwards). The Bs share each transposed block of A.
-    Small results (TN_SUM_SPLIT_BYTES) split the sum over threads instead (`_tn_sum_split`).
     outs: arrays [K1, K2] (unit column stride) to write, or with `accumulate` to add, the results to."""
     M, K1 = A.shape
     A = np.ascontiguousarray(A)
@@ -233,20 +169,11 @@ def tn_many(A: np.ndarray, Bs, outs=None, accumulate: bool = False) -> list[np.n
             for out in outs:
                 out[:] = 0
         return list(outs)
-    K2_all = sum(B.shape[1] for B in Bs)
-    n = _blocks(K1, float(M) * K1 * K2_all)
-    if n > 1 and K1 * K2_all * A.itemsize <= TN_SUM_SPLIT_BYTES and M >= n * TN_SUM_BLOCK:
-        parts = workspace.empty((n, K1, K2_all), A.dtype)                          # per thread [K1, sum K2]
-        at = workspace.empty((n, K1 * TN_SUM_BLOCK), A.dtype)                      # per thread [K1, n]
-        bp = workspace.empty((n, max(B.shape[1] for B in Bs) * TN_SUM_BLOCK), A.dtype)   # per thread panels
-        _tn_sum_split(A, Bs, outs, parts, at, bp, n, accumulate)
-        return list(outs)
-    NR = tiles.panel_width(A.dtype.itemsize)
-    Bps = tuple(workspace.empty(B.shape[1] // NR * NR * M, A.dtype) for B in Bs)   # per block [K2 // NR, n, NR]
+    n = _blocks(K1, float(M) * K1 * sum(B.shape[1] for B in Bs))
     rows_each = -(-K1 // (n * MR_P)) * MR_P + MR_P
     at = workspace.empty((n, rows_each * min(M, TN_BLOCK)), A.dtype)              # per thread [rows, n]
     if n == 1:
-        _tn_serial(A, Bs, Bps, outs, at[0], accumulate)
+        _tn_rows(A, Bs, outs, 0, K1, at[0], accumulate)
     else:
-        _tn(A, Bs, Bps, outs, at, n, accumulate)
+        _tn(A, Bs, outs, at, n, accumulate)
     return list(outs)

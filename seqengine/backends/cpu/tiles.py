@@ -151,7 +151,8 @@ def panel_width(itemsize: int) -> int:
 def _register_block(mr: int, panels: int = 1):
     """The intrinsic ``block(A, i0, Bp, p, C, j0, add)``: C[i0:i0+mr, j0:j0+panels*NR] (+)= A[i0:i0+mr] @
     panels p..p+panels-1. Few rows take several panels, so that enough independent accumulators
-    (mr * NV * panels >= 8) hide the multiply-add latency."""
+    (mr * NV * panels >= 8) hide the multiply-add latency. Bp [P, K, NR] may be any strided view whose
+    rows of NR are contiguous (packed panels, or gemm's panels of B in place)."""
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
@@ -160,7 +161,7 @@ def _register_block(mr: int, panels: int = 1):
     @intrinsic
     def block(typingctx, A, i0, Bp, p, C, j0, add):
         if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64) and A.ndim == 2
-                and isinstance(Bp, types.Array) and Bp.ndim == 3 and Bp.dtype == A.dtype and Bp.layout == "C"
+                and isinstance(Bp, types.Array) and Bp.ndim == 3 and Bp.dtype == A.dtype
                 and isinstance(C, types.Array) and C.ndim == 2 and C.dtype == A.dtype):
             return None
 
