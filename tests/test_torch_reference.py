@@ -11,6 +11,8 @@ torch = pytest.importorskip("torch")
 
 import seqengine as se  # noqa: E402
 from seqengine import functional  # noqa: E402
+from seqengine.compiler.parse import parse_cell  # noqa: E402
+from seqengine.compiler.schedule import schedule  # noqa: E402
 
 from _seqengine_testing import BUILTIN, assert_close, make_problem, run_engine  # noqa: E402
 
@@ -215,6 +217,19 @@ def test_builtin_cell_vs_handwritten_torch(name):
     compare(name, ours, ref, rtol=1e-10, atol=1e-10)
     ours32 = run_engine(cell, params, x, state0, dy, dfinal, np.float32)
     compare(name + " float32", ours32, ref, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_cho"])
+def test_builtin_cell_vs_torch_at_a_shape_with_panels(name):
+    """Enough rows and units for the packed-panel GEMMs (and a column tail past the panels: D = 40). GRU
+    after Cho takes its x products' adjoints from two in-loop groups' d_prods (U_r; U_z and U_n: dx is
+    their two products with row blocks of W_x, added), the LSTM from one, the GRU from its own array."""
+    sharing = {"lstm": ["g0"], "gru": [], "gru_cho": ["g0", "g1"]}[name]
+    cell, params, x, state0, dy, dfinal = make_problem(name, input_size=40, hidden_size=32, steps=6, batch=8, seed=12)
+    assert [g.name for g in schedule(parse_cell(cell), recompute=True).x_adjoint_groups] == sharing
+    ref = torch_reference(BUILTIN_STEPS[name], cell.state, params, x, state0, dy, dfinal)
+    compare(name, run_engine(cell, params, x, state0, dy, dfinal, np.float64), ref, rtol=1e-10, atol=1e-10)
+    compare(name + " float32", run_engine(cell, params, x, state0, dy, dfinal, np.float32), ref, rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CUSTOM))

@@ -78,7 +78,7 @@ class KernelPlan:
     """
 
     scratch = "b, j"   # index of element (b, j) in a per-row scratch array (value_, d_cross_, d_state_ slot)
-    share_x_adjoint = False   # honour sched.x_shares_adjoint_with: no d_x_proj store when it holds
+    share_x_adjoint = False   # honour sched.x_adjoint_groups: no d_x_proj store when they hold it
     # time index of x_proj, d_x_proj and d_prod_<g>: a backend that keeps only a window of steps of
     # them (the CPU: steps t0 <= t < t1) indexes them relative to its start
     window_t = "t"
@@ -313,7 +313,7 @@ class KernelPlan:
 
     def writes_d_x_proj(self) -> bool:
         """Whether backward stores the x products' adjoints (else an in-loop group's d_prod holds them)."""
-        return self.s.x_group is not None and not (self.share_x_adjoint and self.s.x_shares_adjoint_with)
+        return self.s.x_group is not None and not (self.share_x_adjoint and self.s.x_adjoint_groups)
 
     def backward_arrays(self, weight: str = "weight") -> list[str]:
         """The arrays of a backward step kernel every backend passes, in order (weights named

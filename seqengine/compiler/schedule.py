@@ -48,7 +48,8 @@ class Schedule:
     cross_values: set[int] = field(default_factory=set)    # pointwise values read by later segments
     cross_adjoints: set[int] = field(default_factory=set)  # nodes with consumers in later segments
     group_of: dict[int, MatvecGroup] = field(default_factory=dict)   # matvec node -> its group
-    x_shares_adjoint_with: MatvecGroup | None = None   # group whose d_prod equals d_x_proj block by block
+    x_adjoint_groups: list[MatvecGroup] = field(default_factory=list)   # groups whose d_prods, side by side,
+                                                   # equal d_x_proj block by block (none: d_x_proj is stored)
     recomputed: set[int] = field(default_factory=set)  # needed values recomputed in backward, not saved
 
     @property
@@ -127,7 +128,7 @@ def schedule(graph: Graph, recompute: bool = False) -> Schedule:
     for g in groups + ([x_group] if x_group else []):
         for m in g.members:
             sched.group_of[m] = g
-    sched.x_shares_adjoint_with = _group_with_same_adjoint(graph, live, x_group, groups)
+    sched.x_adjoint_groups = _groups_with_the_x_adjoints(graph, live, x_group, groups)
     for n in nodes:
         if n.id not in live or n.is_leaf or n.op == "matvec":   # operands flow through GEMMs
             continue
@@ -157,12 +158,19 @@ def _adjoint_source(graph: Graph, live: set[int], i: int) -> int:
     return i
 
 
-def _group_with_same_adjoint(graph, live, x_group, groups) -> MatvecGroup | None:
-    """An in-loop group whose products have, block by block, the adjoints of the x products."""
+def _groups_with_the_x_adjoints(graph, live, x_group, groups) -> list[MatvecGroup]:
+    """In-loop groups whose products have, side by side and block by block, the adjoints of the x products
+    (LSTM: one group, U_i..U_o; GRU after Cho: [U_r; U_z] on h_prev, then U_n on r * h_prev); [] if none."""
     if x_group is None:
-        return None
+        return []
     x_sources = [_adjoint_source(graph, live, m) for m in x_group.members]
-    for g in groups:
-        if [_adjoint_source(graph, live, m) for m in g.members] == x_sources:
-            return g
-    return None
+    found, at = [], 0
+    while at < len(x_sources):
+        match = next((g for g in groups if g not in found
+                      and [_adjoint_source(graph, live, m) for m in g.members] == x_sources[at:at + len(g.members)]),
+                     None)
+        if match is None:
+            return []
+        found.append(match)
+        at += len(match.members)
+    return found

@@ -167,7 +167,7 @@ class CpuEmitter(KernelPlan):
     hoisted: dict | None = None   # while emitting a team member: view source -> name, made before its loops
 
     scratch = "c, r, j"
-    share_x_adjoint = True   # the runtime reads d_x_proj from the d_prod of sched.x_shares_adjoint_with
+    share_x_adjoint = True   # the runtime takes d_x_proj from the d_prods of sched.x_adjoint_groups
     window_t = "t - t0"      # each call runs steps t0 <= t < t1; x_proj / d_prod hold only those
     # products_cross_launches stays False: prod_<g> [NC, BC, k*H] holds a chunk's products all step
 

@@ -30,13 +30,13 @@ TN_BLOCK = 512
 
 
 @njit(parallel=True, cache=True)
-def _nt(A, Bt, Bp, out, n_blocks):
+def _nt(A, Bt, Bp, out, n_blocks, accumulate):
     M = A.shape[0]
     for c in prange(n_blocks):
         r0 = c * M // n_blocks
         r1 = (c + 1) * M // n_blocks
         if r1 > r0:
-            gemm_packed(A[r0:r1], Bt, Bp, out[r0:r1], False)
+            gemm_packed(A[r0:r1], Bt, Bp, out[r0:r1], accumulate)
 
 
 @njit(cache=True)
@@ -119,32 +119,37 @@ def column_panels(B: np.ndarray, rows: int) -> np.ndarray:
     return tiles.packed_columns(B, workspace.empty) if rows >= PACK_MIN_ROWS else tiles.no_panels(B.shape[0], B.dtype)
 
 
-def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None) -> np.ndarray:
-    """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous); Bp: `panels(Bt, M)` if known."""
-    return _multiply(A, Bt, panels(Bt, A.shape[0]) if Bp is None else Bp, out)
+def nt(A: np.ndarray, Bt: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None,
+       accumulate: bool = False) -> np.ndarray:
+    """A [M, K] @ Bt [N, K]^T -> out [M, N] (A, Bt and out C-contiguous); Bp: `panels(Bt, M)` if known;
+    accumulate: out += A @ Bt^T."""
+    return _multiply(A, Bt, panels(Bt, A.shape[0]) if Bp is None else Bp, out, accumulate)
 
 
-def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None) -> np.ndarray:
+def rows(A: np.ndarray, B: np.ndarray, out: np.ndarray | None = None, Bp: np.ndarray | None = None,
+         accumulate: bool = False) -> np.ndarray:
     """A [M, K] @ B [K, N] -> out [M, N] (A and out C-contiguous, B C-contiguous or a transposed view);
-    Bp: `column_panels(B, M)` if known. B's columns are packed directly, no transposed copy."""
+    Bp: `column_panels(B, M)` if known (or a slice of them along K, for row blocks of B); accumulate:
+    out += A @ B. B's columns are packed directly, no transposed copy."""
     if B.flags.f_contiguous and not B.flags.c_contiguous:
-        return nt(A, B.T, out, Bp)                               # B^T is C-contiguous
+        return nt(A, B.T, out, Bp, accumulate)                   # B^T is C-contiguous
     B = np.ascontiguousarray(B)
-    return _multiply(A, B.T, column_panels(B, A.shape[0]) if Bp is None else Bp, out)
+    return _multiply(A, B.T, column_panels(B, A.shape[0]) if Bp is None else Bp, out, accumulate)
 
 
-def _multiply(A, Bt, Bp, out):
-    """out = A @ Bt^T with Bt [N, K] (maybe a view) and its panels Bp; rows split over threads."""
+def _multiply(A, Bt, Bp, out, accumulate):
+    """out (+)= A @ Bt^T with Bt [N, K] (maybe a view) and its panels Bp; rows split over threads."""
     if out is None:
-        out = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype)
+        out, accumulate = workspace.empty((A.shape[0], Bt.shape[0]), A.dtype), False
     if A.shape[1] == 0:
-        out[:] = 0
+        if not accumulate:
+            out[:] = 0
     elif out.size:
         n = _blocks(A.shape[0], float(A.shape[0]) * A.shape[1] * Bt.shape[0])
         if n == 1:
-            gemm_packed(A, Bt, Bp, out, False)
+            gemm_packed(A, Bt, Bp, out, accumulate)
         else:
-            _nt(A, Bt, Bp, out, n)
+            _nt(A, Bt, Bp, out, n, accumulate)
     return out
 
 

@@ -243,7 +243,7 @@ class CpuKernels:
             final = {st: arrays[f"state_{st}"][lengths, np.arange(B)] for st in s.states}
         else:          # the kernel carried finished sequences' states to slot T & 1
             final = {st: arrays[f"state_{st}"][T & 1].copy() for st in s.states}
-        if s.x_shares_adjoint_with is not None:
+        if s.x_adjoint_groups:
             del arrays["x_proj"]   # not needed by backward, and not even as a buffer: free it now
         for grp in s.groups:       # backward packs the weights in its own layout: the forward's panels go
             del arrays[f"weight_p_{grp.name}"]   # back to the pool now, for backward's to reuse
@@ -278,9 +278,9 @@ class CpuKernels:
             a[f"weight_t_{grp.name}"] = weight.T                                         # [in, k*H] view
             a[f"weight_tp_{grp.name}"] = (tiles.packed_columns(weight, workspace.empty) if T >= PACK_MIN_STEPS
                                           else tiles.no_panels(weight.shape[0], dt))
-        if s.x_shares_adjoint_with is not None:   # the x products' adjoints equal that group's, block by block
-            a["d_x_proj"] = a[f"d_prod_{s.x_shares_adjoint_with.name}"]
-        else:                                     # backward never reads the x products: reuse their memory
+        if s.x_adjoint_groups:   # the x products' adjoints are those groups' d_prods side by side: the
+            a["d_x_proj"] = a[f"d_prod_{s.x_adjoint_groups[0].name}"]   # kernel writes no d_x_proj
+        else:                    # backward never reads the x products: reuse their memory
             a["d_x_proj"] = a["x_proj"]
         a["d_params"] = np.zeros((nc, len(s.graph.vectors), H), dt)
         for name in self.arg_names["backward"]:
@@ -299,10 +299,20 @@ class CpuKernels:
                 grads[m] = stacked[k * H:(k + 1) * H]
         grads.update({name: workspace.zeros(p.shape, p.dtype) for name, p in params.items() if name not in grads})
         # weight gradients, per window: adjoint^T @ operand, one call per adjoint array (the x products
-        # and the group that shares their adjoint pack it once for both)
-        products = {}                                                    # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], matrices)])
+        # and a group that shares their adjoint transpose it once for both)
+        products = {}                # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], gradient rows)])
+        x_parts = []                 # (adjoint [W, B, k*H], rows lo:hi of W_x): the x products' adjoints
         if s.x_group is not None:
-            products[id(a["d_x_proj"])] = (a["d_x_proj"], [(x, s.x_group.matrices)])
+            if s.x_adjoint_groups:
+                lo = 0
+                for grp in s.x_adjoint_groups:
+                    x_parts.append((a[f"d_prod_{grp.name}"], lo, lo + len(grp.members) * H))
+                    lo += len(grp.members) * H
+            else:
+                x_parts.append((a["d_x_proj"], 0, len(s.x_group.members) * H))
+            x_grads = stacked_grads[tuple(s.x_group.matrices)]
+            for adjoint, lo, hi in x_parts:
+                products.setdefault(id(adjoint), (adjoint, []))[1].append((x, x_grads[lo:hi]))
             w_x = self._x_weights(params)                                # [Gx*H, D]
             w_x_panels = gemm.column_panels(w_x, W * B)                  # dx = d_x_proj @ W_x, packed once
             dx = workspace.empty(x.shape, x.dtype)
@@ -314,7 +324,7 @@ class CpuKernels:
             else:
                 operand = a[f"saved_{self._saved_name(grp.operand)}"]
             adjoint = a[f"d_prod_{grp.name}"]
-            products.setdefault(id(adjoint), (adjoint, []))[1].append((operand, grp.matrices))
+            products.setdefault(id(adjoint), (adjoint, []))[1].append((operand, stacked_grads[tuple(grp.matrices)]))
         carried = ([f"d_state_{st}" for st in s.states] + ["d_params"]         # from window to window
                    + [n for n in self.arg_names["backward"] if n.startswith("d_gemm_")])
         for t0 in reversed(range(0, T, W)):                              # windows, last first
@@ -323,11 +333,12 @@ class CpuKernels:
             a["t0"], a["t1"] = t0, t1
             if units is None or not self._launch_team("backward", a, units, carried):
                 self._launch("backward", a, chunks)
-            if s.x_group is not None:
-                gemm.rows(a["d_x_proj"][:t1 - t0].reshape(n, -1), w_x, out=dx[t0:t1].reshape(n, D), Bp=w_x_panels)
+            for k, (adjoint, lo, hi) in enumerate(x_parts):              # dx = sum of d_x_proj blocks @ W_x rows
+                gemm.rows(adjoint[:t1 - t0].reshape(n, -1), w_x[lo:hi], out=dx[t0:t1].reshape(n, D),
+                          Bp=w_x_panels[:, lo:hi], accumulate=k > 0)
             for adjoint, uses in products.values():
                 gemm.tn_many(adjoint[:t1 - t0].reshape(n, -1), [op[t0:t1].reshape(n, -1) for op, _ in uses],
-                             outs=[stacked_grads[tuple(matrices)] for _, matrices in uses], accumulate=t1 < T)
+                             outs=[out for _, out in uses], accumulate=t1 < T)
         d_params = a["d_params"].sum(axis=0)                             # [P, H]
         for k, p in enumerate(s.graph.vectors):
             grads[p] += d_params[k]
