@@ -5,8 +5,11 @@ LSTM written here.
   own layout; the forward's block goes back to the buffer pool for it), and steps run back to back, with
   pooled blocks handed from forward to backward, stay exact.
 - Padding: a step past a sequence's length computes nothing, and its padding branch zeroes every saved
-  value there (compiler/kernelplan.py, `forward_padding_lines`): the tape holds no leftover of its buffers (check_finite scans it; a NaN left in a reused buffer
-  made it report a NaN that the step never computed)."""
+  value there (compiler/kernelplan.py, `forward_padding_lines`): the tape holds no leftover of its
+  buffers (check_finite scans it; a NaN left in a reused buffer made it report a NaN that the step
+  never computed).
+- Compiling: the kernels' vectorized loops interleave VECTOR_INTERLEAVE vectors, and only theirs
+  (checked against the assembly of the same loop compiled without the option)."""
 
 import numpy as np
 

@@ -54,6 +54,12 @@ def test_nt_rows_and_tn_match_numpy(M):
     np.testing.assert_allclose(gemm.nt(A, W), A @ W.T, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(gemm.rows(A, W.T), A @ W.T, rtol=1e-11, atol=1e-11)        # B a transposed view
     np.testing.assert_allclose(gemm.rows(A, np.ascontiguousarray(W.T)), A @ W.T, rtol=1e-11, atol=1e-11)
+    # dx from row blocks of W_x (runtime, GRU after Cho): out += A[:, 25:] @ B[25:], panels sliced along K
+    B = np.ascontiguousarray(W.T)                            # [40, 50]
+    Bp = gemm.column_panels(B, M)
+    out = gemm.rows(A[:, :25].copy(), B[:25], Bp=Bp[:, :25])
+    gemm.rows(A[:, 25:].copy(), B[25:], out=out, Bp=Bp[:, 25:], accumulate=True)
+    np.testing.assert_allclose(out, A @ B, rtol=1e-11, atol=1e-11)
     X = rng.standard_normal((M, 70))                         # more rows than one transposed block when M = 3000
     Y = rng.standard_normal((M, 3))
     np.testing.assert_allclose(gemm.tn(A, X), A.T @ X, rtol=1e-11, atol=1e-10)
@@ -70,8 +76,13 @@ def test_tn_many_over_several_depth_blocks_and_threads(dtype, tol):
     M = gemm.TN_BLOCK + 21
     A = rng.standard_normal((M, 4 * 32 + 13)).astype(dtype)
     Bs = [rng.standard_normal((M, k)).astype(dtype) for k in (64, 45, 2)]
-    for out, B in zip(gemm.tn_many(A, Bs), Bs):
+    outs = gemm.tn_many(A, Bs)
+    for out, B in zip(outs, Bs):
         ref = A.astype(np.float64).T @ B.astype(np.float64)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    gemm.tn_many(A, Bs, outs=outs, accumulate=True)          # added to what is there (later windows)
+    for out, B in zip(outs, Bs):
+        ref = 2 * (A.astype(np.float64).T @ B.astype(np.float64))
         np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 

@@ -164,11 +164,10 @@ def _groups_with_the_x_adjoints(graph, live, x_group, groups) -> list[MatvecGrou
     if x_group is None:
         return []
     x_sources = [_adjoint_source(graph, live, m) for m in x_group.members]
+    sources = [(g, [_adjoint_source(graph, live, m) for m in g.members]) for g in groups]
     found, at = [], 0
     while at < len(x_sources):
-        match = next((g for g in groups if g not in found
-                      and [_adjoint_source(graph, live, m) for m in g.members] == x_sources[at:at + len(g.members)]),
-                     None)
+        match = next((g for g, src in sources if g not in found and src == x_sources[at:at + len(src)]), None)
         if match is None:
             return []
         found.append(match)

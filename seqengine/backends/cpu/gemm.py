@@ -25,7 +25,8 @@ from numba import njit, prange
 from . import tiles, workspace
 from .tiles import MR_P, NV, VECTOR_BYTES, gemm_packed, transpose_tile
 
-# tn packs this many rows of each B at a time into per-thread panels.
+# tn sums over this many rows at a time: the block of A^T transposed into a thread's cache (session 5,
+# alone: 512 beat or tied 128 and 256).
 TN_BLOCK = 512
 
 
@@ -60,7 +61,8 @@ def _transpose_block(A, m0, m1, r0, r1, at):
 
 @njit(cache=True)
 def _panels_in_place(B):
-    """B [n, K2]'s first K2 // NR * NR columns as panels [K2 // NR, n, NR] without packing: a strided view,
+    """B [n, K2]'s first K2 // NR * NR columns (B's rows contiguous: tn_many makes sure) as panels
+    [K2 // NR, n, NR] without packing: a strided view,
     panel p row m = B[m, p * NR:(p + 1) * NR], which the register blocks read as they read packed
     panels (NR contiguous floats a row). For the weight gradients' long sums the copy did not pay: B is
     read once either way, and the pack wrote and read it once more (a 6.4 MiB operand: 13 MiB of

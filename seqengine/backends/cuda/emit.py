@@ -568,7 +568,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
                        "forward_infer": "forward_infer_persistent_kernel", "backward": "backward_persistent_kernel"},
         "initial": ("backward_initial_kernel", tuple(init_args)),
         "signatures": signatures,
-        "step_kernels": tuple(k for k in em.signatures),   # compiled with launch bounds (step_jit)
+        "step_kernels": tuple(em.signatures),   # compiled with launch bounds (step_jit)
     }
     parts = [f'"""seqengine CUDA kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
              "import math", "", "import numpy as np", "from numba import cuda", "",
