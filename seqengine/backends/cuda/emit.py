@@ -233,6 +233,7 @@ class CudaEmitter(KernelPlan):
 
     scratch = "b, j"
     products_cross_launches = True   # each segment is its own launch: late products go through value_
+    share_x_adjoint = True           # the runtime takes d_x_proj from the d_prods of sched.x_adjoint_groups
 
     def __init__(self, sched: Schedule, dtype: str):
         super().__init__(sched, dtype)

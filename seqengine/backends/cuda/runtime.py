@@ -17,6 +17,9 @@ Backward:
     backward_persistent_kernel                       # for t reversed, for each segment reversed
     backward_initial_kernel                          # d_init = d_state[0] + d_prod[0] @ U
     dW_x = d_x_proj^T @ x,  dx = d_x_proj @ W_x,  dU_g = d_prod_g^T @ operand_g   # gemm_kernel
+    where the x products' adjoints are in-loop groups' d_prods side by side (sched.x_adjoint_groups:
+    LSTM's d_prod is d_x_proj), the step kernels write no d_x_proj: W_x's row blocks take theirs from
+    those d_prods, and dx adds up d_prod_g @ (its rows of W_x).
 """
 
 from __future__ import annotations
@@ -284,13 +287,21 @@ class CudaKernels:
                 grads[p] = d_vec[k]
         if s.x_group is not None:
             kx = len(s.x_group.members) * H
-            d_x_proj = a["d_x_proj"].reshape(T * B, kx)                       # [T*B, Gx*H]
+            if s.x_adjoint_groups:     # the x products' adjoints: these d_prods side by side
+                parts, lo = [], 0
+                for grp in s.x_adjoint_groups:
+                    k_h = len(grp.members) * H
+                    parts.append((a[f"d_prod_{grp.name}"].reshape(T * B, k_h), lo, lo + k_h))
+                    lo += k_h
+            else:
+                parts = [(a["d_x_proj"].reshape(T * B, kx), 0, kx)]           # [T*B, Gx*H]
             x2 = x.reshape(T * B, D)
             d_wx = self._empty((kx, D), stream)
-            self._gemm(d_x_proj, x2, d_wx, True, False, False, stream)      # d_x_proj^T @ x
-            self._scatter(grads, s.x_group.matrices, d_wx, H, stream)
             dx = self._empty((T * B, D), stream)
-            self._gemm(d_x_proj, a["w_x"], dx, False, False, False, stream)
+            for k, (adjoint, lo, hi) in enumerate(parts):
+                self._gemm(adjoint, x2, d_wx[lo:hi], True, False, False, stream)          # adjoint^T @ x
+                self._gemm(adjoint, a["w_x"][lo:hi], dx, False, False, k > 0, stream)   # dx (+)= adjoint @ W_x rows
+            self._scatter(grads, s.x_group.matrices, d_wx, H, stream)
             dx = dx.reshape(T, B, D)
         else:
             dx = self._zeros((T, B, D), stream)
