@@ -1,0 +1,112 @@
+"""Where one CUDA training step's time goes: the runtime's GEMMs, weight stacking, step kernels and
+the rest, each part bracketed by device synchronisations (median of `--repeats` steps, one process).
+
+    python benchmarks/gpu_breakdown.py [cells] [TxBxH ...] [--repeats N]
+    # default: lstm,gru_cho,rnn at 200x8x64 100x64x256 50x16x512, 10 steps
+
+Inputs, states, parameters and dy live on the device (as in `seqengine bench --gpu`, minus the copy of
+the results to the host). Each step is timed twice: once as it runs (one synchronisation at the end:
+"step, as run"), once with every part below followed by a synchronisation ("step, parts synced"):
+
+    x_proj / dW,dx GEMMs      `CudaKernels._gemm` (the hoisted products; the weight gradients and dx)
+    stack weights             `CudaKernels._stack` (a group's matrices into one array, per call)
+    forward / backward steps  the persistent kernel, or the launches of every step
+    rest                      "parts synced" less the parts: allocation, the initial-state kernel,
+                              final-state gathers, vector-gradient sums, scatters, Python
+
+Under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) it runs too, with meaningless times (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+
+import numpy as np
+from numba import cuda
+
+from seqengine import functional
+from seqengine.backends.cuda import compile_cell, runtime
+from seqengine.plugins import get_cell
+
+spent = collections.defaultdict(float)     # seconds per part within the current step
+synced = False                             # bracket each part by synchronisations
+
+
+def timed(owner, name, label):
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if not synced:
+            return inner(*args, **kwargs)
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        cuda.synchronize()
+        spent[label(args) if callable(label) else label] += time.perf_counter() - t0
+        return out
+    setattr(owner, name, wrapper)
+
+
+K = runtime.CudaKernels
+timed(K, "_stack", "stack weights")
+timed(K, "_persistent", lambda a: f"{'forward' if a[1].startswith('forward') else 'backward'} steps (persistent)")
+timed(runtime.StepLaunch, "__call__", "steps (a launch each)")
+# the hoisted x products are the GEMM without trans_a; the weight gradients have trans_a, dx follows them
+timed(K, "_gemm", lambda a: "dW GEMMs" if a[4] else ("x_proj / dx GEMMs"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cells", nargs="?", default="lstm,gru_cho,rnn")
+    ap.add_argument("shapes", nargs="*", default=["200x8x64", "100x64x256", "50x16x512"])
+    ap.add_argument("--repeats", type=int, default=10)
+    opts = ap.parse_args()
+    global synced
+    for name in opts.cells.split(","):
+        cell = get_cell(name)
+        kernels = compile_cell(cell, "float32")
+        for shape in opts.shapes:
+            T, B, H = (int(v) for v in shape.split("x"))
+            rng = np.random.default_rng(0)
+            params = functional.init_params(cell, H, H, rng=rng)
+            dev = {k: cuda.to_device(v) for k, v in params.items()}
+            x = cuda.to_device(rng.standard_normal((T, B, H)).astype(np.float32))       # [T, B, D]
+            dy = cuda.to_device(rng.standard_normal((T, B, H)).astype(np.float32))      # [T, B, H]
+            state0 = {s: cuda.to_device(np.zeros((B, H), np.float32)) for s in cell.state}
+            dfinal = {s: cuda.to_device(np.zeros((B, H), np.float32)) for s in cell.state}
+
+            def step():
+                t0 = time.perf_counter()
+                _, _, tape = kernels.forward(dev, x, state0, True)
+                cuda.synchronize()
+                t1 = time.perf_counter()
+                kernels.backward(dev, tape, dy, dfinal)
+                cuda.synchronize()
+                return t1 - t0, time.perf_counter() - t1
+
+            step()                                                       # compile, warm up
+            parts = collections.defaultdict(list)
+            for rep in range(opts.repeats):
+                synced = False
+                f, b = step()
+                parts["step, as run"].append(f + b)
+                parts["  forward"].append(f)
+                parts["  backward"].append(b)
+                synced = True
+                spent.clear()
+                f, b = step()
+                parts["step, parts synced"].append(f + b)
+                for k, v in spent.items():
+                    parts["  " + k].append(v)
+                parts["  rest"].append(f + b - sum(spent.values()))
+            synced = False
+            print(f"== {name} {T}x{B}x{H}")
+            for k, v in parts.items():
+                print(f"  {k:34s} {1e3 * statistics.median(v):8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
