@@ -8,9 +8,10 @@ Inputs, states, parameters and dy live on the device (as in `seqengine bench --g
 the results to the host). Each step is timed twice: once as it runs (one synchronisation at the end:
 "step, as run"), once with every part below followed by a synchronisation ("step, parts synced"):
 
-    x_proj / dW,dx GEMMs      `CudaKernels._gemm` (the hoisted products; the weight gradients and dx)
+    x_proj / dx GEMMs         `CudaKernels._gemm` without a transposed A: the hoisted x products, dx
+    dW GEMMs                  `CudaKernels._gemm` with A transposed: the weight gradients
     stack weights             `CudaKernels._stack` (a group's matrices into one array, per call)
-    forward / backward steps  the persistent kernel, or the launches of every step
+    forward / backward steps  the persistent kernels; "steps (a launch each)" where they do not run
     rest                      "parts synced" less the parts: allocation, the initial-state kernel,
                               final-state gathers, vector-gradient sums, scatters, Python
 
