@@ -145,6 +145,7 @@ def test_team_training_step_equals_the_row_split_step(name, monkeypatch, team_la
     lengths = np.array([T, 7, 16])
     dy = rng.standard_normal((T, B, H))
     dfinal = {s: rng.standard_normal((B, H)) for s in cell.state}
+    monkeypatch.setattr(runtime, "WINDOW_MIN_REUSE", 0)
     monkeypatch.setattr(runtime, "WINDOW_BYTES", 5 * B * 3 * H * 8)        # windows of a few steps
 
     def step():

@@ -43,9 +43,10 @@ def _run(cell, problem, lengths=None):
 def _steps_per_window(cell, monkeypatch, steps):
     """Set WINDOW_BYTES so that the runtime takes `steps` steps per window (checked)."""
     kernels = functional._kernels(cell, np.float64, "cpu")
-    assert kernels._window(T, B, H) == T
+    assert kernels._window(T, B, D, H) == T
+    monkeypatch.setattr(runtime, "WINDOW_MIN_REUSE", 0)         # no lower bound at these tiny sizes
     monkeypatch.setattr(runtime, "WINDOW_BYTES", kernels._step_bytes(B, H) * steps)
-    assert kernels._window(T, B, H) == steps
+    assert kernels._window(T, B, D, H) == steps
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -66,9 +67,32 @@ def test_windows_match_one_window(name, steps, monkeypatch):
 
 @pytest.mark.parametrize("name", ["lstm", "gru_cho"])
 def test_windowed_gradients_match_finite_differences(name, monkeypatch):
+    monkeypatch.setattr(runtime, "WINDOW_MIN_REUSE", 0)
     monkeypatch.setattr(runtime, "WINDOW_BYTES", 1)              # one step per window
     result = check_gradients(name, input_size=3, hidden_size=4, steps=5, batch=2)
     assert result.worst()[1] < 1e-7, result.errors
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("shape", [(100, 64, 256, 256), (50, 16, 512, 512), (1000, 64, 512, 512), (200, 8, 64, 32)])
+def test_windows_read_enough_per_pass_over_the_weight_gradients(name, shape):
+    """Each window adds into every weight gradient once more: a window holds at most WINDOW_BYTES of the
+    largest windowed array, but at least enough steps that the weight GEMMs read WINDOW_MIN_REUSE times
+    the gradients' bytes; never more than T. The gradients' bytes are the parameter matrices' (from
+    init_params, not from the runtime's own count)."""
+    T_, B_, H_, D_ = shape
+    cell = get_cell(name)
+    kernels = functional._kernels(cell, np.float32, "cpu")
+    params = functional.init_params(cell, D_, H_, np.float32, np.random.default_rng(0))
+    gradients, per_step = kernels._gradient_traffic(B_, D_, H_)
+    assert gradients == sum(p.nbytes for p in params.values() if p.ndim == 2)
+    W = kernels._window(T_, B_, D_, H_)
+    by_bytes = max(1, runtime.WINDOW_BYTES // kernels._step_bytes(B_, H_))
+    enough = -(-runtime.WINDOW_MIN_REUSE * gradients // per_step)        # fewest steps reading enough
+    assert W == min(T_, max(by_bytes, enough))
+    assert W == T_ or W * per_step >= runtime.WINDOW_MIN_REUSE * gradients
+    if (name, shape[:3]) == ("lstm", (50, 16, 512)):
+        assert W == T_                     # 8 MiB of gradients: one window (RESULTS.md, session 6)
 
 
 def test_pooled_arrays_are_ordinary_and_reused():

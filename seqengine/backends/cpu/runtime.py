@@ -35,10 +35,18 @@ class Tape:
     extra: dict = field(default_factory=dict)
 
 
-# x_proj and the product adjoints d_prod are kept for a window of steps, not all T: at most this
-# many bytes (or one step), so a long sequence's training step needs little beyond its tape.
-# LSTM at (T, B, H) = (1000, 64, 512): x_proj and d_prod were 500 MiB each next to a 750 MiB tape.
-WINDOW_BYTES = 16 * 2 ** 20
+# x_proj and the product adjoints d_prod are kept for a window of steps, not all T: at most
+# WINDOW_BYTES each (or one step), so a long sequence's training step needs little beyond its tape
+# (LSTM at (T, B, H) = (1000, 64, 512): x_proj and d_prod were 500 MiB each next to a 750 MiB tape),
+# and backward's dx and weight gradients read a window's adjoints and operands while the step kernel
+# has just left them in cache. But each window adds into the [k*H, in] weight gradients once more, so
+# a window is at least long enough to read WINDOW_MIN_REUSE times their bytes of adjoints and operands.
+# Training steps, 16 MiB windows -> 4 MiB (four alternated process pairs, ms): gru_cho 100x64x256
+# 37.8 / 38.2 / 37.9 / 36.2 -> 37.5 / 36.9 / 35.4 / 35.2, lstm 100x64x256 50.1 / 47.4 / 49.5 / 45.6 ->
+# 49.9 / 46.6 / 44.6 / 44.7; but lstm 50x16x512 (8 MiB of weight gradients) 26.2 / 24.6 / 23.3 / 23.4
+# -> 27.2 / 24.8 / 24.4 / 24.1, which the minimum keeps in one window (RESULTS.md, session 6).
+WINDOW_BYTES = 4 * 2 ** 20
+WINDOW_MIN_REUSE = 4
 
 
 # Calls of at least this many steps pack each weight once into panels for the register-block GEMM
@@ -152,10 +160,22 @@ class CpuKernels:
         cols = max([len(s.x_group.members) if s.x_group else 0] + [len(g.members) for g in s.groups])
         return max(1, B * cols * H * self.dtype.itemsize)
 
-    def _window(self, T: int, B: int, H: int) -> int:
-        """Steps per window of x_proj / d_x_proj / d_prod (all T when they fit in WINDOW_BYTES)."""
-        per_step = self._step_bytes(B, H)
-        return T if per_step * T <= WINDOW_BYTES else max(1, WINDOW_BYTES // per_step)
+    def _gradient_traffic(self, B: int, D: int, H: int) -> tuple[int, int]:
+        """(bytes of the weight gradients, bytes of adjoints and operands their GEMMs read per step)."""
+        s, item = self.sched, self.dtype.itemsize
+        kx = len(s.x_group.members) if s.x_group else 0
+        gradients = kx * H * D + sum(len(g.members) * H * H for g in s.groups)      # every operand [.., H] but x
+        read = (D + (0 if s.x_adjoint_groups else kx * H) if kx else 0) + sum((len(g.members) + 1) * H for g in s.groups)
+        return gradients * item, max(1, B * read * item)
+
+    def _window(self, T: int, B: int, D: int, H: int) -> int:
+        """Steps per window of x_proj / d_x_proj / d_prod: as many as fit in WINDOW_BYTES, but at least
+        WINDOW_MIN_REUSE times the weight gradients' bytes of their GEMMs' reads; all T if that is fewer."""
+        steps = max(1, WINDOW_BYTES // self._step_bytes(B, H))
+        if WINDOW_MIN_REUSE:
+            gradients, per_step = self._gradient_traffic(B, D, H)
+            steps = max(steps, -(-WINDOW_MIN_REUSE * gradients // per_step))
+        return min(T, steps)
 
     def _buffers(self, training: bool, T: int, B: int, D: int, H: int, nc: int, bc: int) -> dict:
         """Scratch of one forward: fresh in training (the tape keeps it), reused in inference."""
@@ -165,7 +185,7 @@ class CpuKernels:
             return cache[key]
         s, dt = self.sched, self.dtype
         gx = len(s.x_group.members) if s.x_group else 0
-        W = self._window(T, B, H)
+        W = self._window(T, B, D, H)
         arrays = {"x_proj": workspace.empty((W, B, gx * H), dt), "full_lengths": np.full(B, T, np.int64)}
         for st in s.states:
             arrays[f"state_{st}"] = workspace.empty((T + 1 if training else 2, B, H), dt)
@@ -267,7 +287,7 @@ class CpuKernels:
         chunks = tape.chunks                         # forward only, the step was 5% slower than all rows)
         nc, bc = len(chunks) - 1, int(math.ceil(B / (len(chunks) - 1)))
         a["d_y"] = dy
-        W = self._window(T, B, H)
+        W = self._window(T, B, D, H)
         for st in s.states:
             a[f"d_final_{st}"] = dfinal[st]
             a[f"d_init_{st}"] = workspace.empty((B, H), dt)
