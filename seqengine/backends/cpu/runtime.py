@@ -165,7 +165,9 @@ class CpuKernels:
         s, item = self.sched, self.dtype.itemsize
         kx = len(s.x_group.members) if s.x_group else 0
         gradients = kx * H * D + sum(len(g.members) * H * H for g in s.groups)      # every operand [.., H] but x
-        read = (D + (0 if s.x_adjoint_groups else kx * H) if kx else 0) + sum((len(g.members) + 1) * H for g in s.groups)
+        read = sum((len(g.members) + 1) * H for g in s.groups)        # each group's adjoint and operand
+        if kx:
+            read += D + (0 if s.x_adjoint_groups else kx * H)          # x, and d_x_proj unless a group's d_prod
         return gradients * item, max(1, B * read * item)
 
     def _window(self, T: int, B: int, D: int, H: int) -> int:
