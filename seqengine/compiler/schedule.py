@@ -59,6 +59,15 @@ class Schedule:
     def operand_groups(self):
         return [g for g in self.groups if g.kind == "value"]
 
+    def x_adjoint_rows(self, H: int) -> list[tuple[MatvecGroup, int, int]]:
+        """(group, lo, hi) for each of `x_adjoint_groups`: its d_prod is the adjoint of the x products of
+        rows lo:hi of the stacked x weights [Gx*H, D] (where both backends take dW_x and dx from)."""
+        rows, lo = [], 0
+        for g in self.x_adjoint_groups:
+            rows.append((g, lo, lo + len(g.members) * H))
+            lo += len(g.members) * H
+        return rows
+
 
 def schedule(graph: Graph, recompute: bool = False) -> Schedule:
     """Schedule `graph`. recompute: needed values that are one op on states, parameters or constants

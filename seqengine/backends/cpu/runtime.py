@@ -148,11 +148,14 @@ class CpuKernels:
         weight_bytes = sum(len(g.members) * H * H for g in self.sched.groups) * self.dtype.itemsize
         return _team_units(training, T, B, H, tiles.panel_width(self.dtype.itemsize), weight_bytes)
 
+    def _weight_elements(self, D: int, H: int) -> int:
+        """Elements of the GEMM weights, [Gx*H, D] and each group's [k*H, H] (= of their gradients)."""
+        s = self.sched
+        return H * ((len(s.x_group.members) * D if s.x_group else 0) + sum(len(g.members) * H for g in s.groups))
+
     def _work(self, T: int, B: int, D: int, H: int) -> float:
         """Multiply-adds of the GEMMs of one forward (decides serial vs parallel)."""
-        s = self.sched
-        cols = (len(s.x_group.members) * D if s.x_group else 0) + sum(len(g.members) * H for g in s.groups)
-        return float(T) * B * H * cols
+        return float(T) * B * self._weight_elements(D, H)
 
     def _step_bytes(self, B: int, H: int) -> int:
         """Bytes of one step of the largest of x_proj / d_x_proj / d_prod_<g>."""
@@ -163,12 +166,10 @@ class CpuKernels:
     def _gradient_traffic(self, B: int, D: int, H: int) -> tuple[int, int]:
         """(bytes of the weight gradients, bytes of adjoints and operands their GEMMs read per step)."""
         s, item = self.sched, self.dtype.itemsize
-        kx = len(s.x_group.members) if s.x_group else 0
-        gradients = kx * H * D + sum(len(g.members) * H * H for g in s.groups)      # every operand [.., H] but x
         read = sum((len(g.members) + 1) * H for g in s.groups)        # each group's adjoint and operand
-        if kx:
-            read += D + (0 if s.x_adjoint_groups else kx * H)          # x, and d_x_proj unless a group's d_prod
-        return gradients * item, max(1, B * read * item)
+        if s.x_group:                                                 # x, and d_x_proj unless groups' d_prods
+            read += D + (0 if s.x_adjoint_groups else len(s.x_group.members) * H)
+        return self._weight_elements(D, H) * item, max(1, B * read * item)
 
     def _window(self, T: int, B: int, D: int, H: int) -> int:
         """Steps per window of x_proj / d_x_proj / d_prod: as many as fit in WINDOW_BYTES, but at least
@@ -325,13 +326,8 @@ class CpuKernels:
         products = {}                # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], gradient rows)])
         x_parts = []                 # (adjoint [W, B, k*H], rows lo:hi of W_x): the x products' adjoints
         if s.x_group is not None:
-            if s.x_adjoint_groups:
-                lo = 0
-                for grp in s.x_adjoint_groups:
-                    x_parts.append((a[f"d_prod_{grp.name}"], lo, lo + len(grp.members) * H))
-                    lo += len(grp.members) * H
-            else:
-                x_parts.append((a["d_x_proj"], 0, len(s.x_group.members) * H))
+            x_parts = ([(a[f"d_prod_{grp.name}"], lo, hi) for grp, lo, hi in s.x_adjoint_rows(H)]
+                       or [(a["d_x_proj"], 0, len(s.x_group.members) * H)])
             x_grads = stacked_grads[tuple(s.x_group.matrices)]
             for adjoint, lo, hi in x_parts:
                 products.setdefault(id(adjoint), (adjoint, []))[1].append((x, x_grads[lo:hi]))

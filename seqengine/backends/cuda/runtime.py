@@ -257,7 +257,8 @@ class CudaKernels:
             d_state[T & 1].copy_to_device(self._device(dfinal[st], f"dfinal[{st!r}]", stream), stream=stream)
             a[f"d_state_{st}"] = d_state
             a[f"d_init_{st}"] = self._empty((B, H), stream)
-        a["d_x_proj"] = a["x_proj"]          # backward never reads the x products: reuse their memory
+        a["d_x_proj"] = a["x_proj"]          # backward never reads the x products: reuse their memory (the
+        #                                      kernels write none where groups' d_prods hold those adjoints)
         for grp in s.groups:
             a[f"d_prod_{grp.name}"] = self._empty((T, B, len(grp.members) * H), stream)
             a[f"weight_{grp.name}"] = self._stack(params, grp.matrices, False, stream)   # [k*H, in]
@@ -287,14 +288,8 @@ class CudaKernels:
                 grads[p] = d_vec[k]
         if s.x_group is not None:
             kx = len(s.x_group.members) * H
-            if s.x_adjoint_groups:     # the x products' adjoints: these d_prods side by side
-                parts, lo = [], 0
-                for grp in s.x_adjoint_groups:
-                    k_h = len(grp.members) * H
-                    parts.append((a[f"d_prod_{grp.name}"].reshape(T * B, k_h), lo, lo + k_h))
-                    lo += k_h
-            else:
-                parts = [(a["d_x_proj"].reshape(T * B, kx), 0, kx)]           # [T*B, Gx*H]
+            parts = ([(a[f"d_prod_{grp.name}"].reshape(T * B, hi - lo), lo, hi) for grp, lo, hi in s.x_adjoint_rows(H)]
+                     or [(a["d_x_proj"].reshape(T * B, kx), 0, kx)])          # [T*B, Gx*H]
             x2 = x.reshape(T * B, D)
             d_wx = self._empty((kx, D), stream)
             dx = self._empty((T * B, D), stream)
