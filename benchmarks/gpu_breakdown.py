@@ -1,8 +1,11 @@
 """Where one CUDA training step's time goes: the runtime's GEMMs, weight stacking, step kernels and
 the rest, each part bracketed by device synchronisations (median of `--repeats` steps, one process).
 
-    python benchmarks/gpu_breakdown.py [cells] [TxBxH ...] [--repeats N]
-    # default: lstm,gru_cho,rnn at 200x8x64 100x64x256 50x16x512, 10 steps
+    python benchmarks/gpu_breakdown.py [cells] [TxBxH ...] [--repeats N] [--launches 32x4x4,32x2x8]
+    # default: lstm,gru_cho,rnn at 200x8x64 100x64x256 50x16x512, 10 steps, the default LaunchConfig
+
+`--launches` lists step-kernel block shapes, units x rows x splits (`LaunchConfig`), each run in turn;
+the block shape is a launch parameter, so the variants share their compiled kernels.
 
 Inputs, states, parameters and dy live on the device (as in `seqengine bench --gpu`, minus the copy of
 the results to the host). Each step is timed twice: once as it runs (one synchronisation at the end:
@@ -29,7 +32,7 @@ import numpy as np
 from numba import cuda
 
 from seqengine import functional
-from seqengine.backends.cuda import compile_cell, runtime
+from seqengine.backends.cuda import LaunchConfig, compile_cell, runtime
 from seqengine.plugins import get_cell
 
 spent = collections.defaultdict(float)     # seconds per part within the current step
@@ -64,12 +67,14 @@ def main():
     ap.add_argument("cells", nargs="?", default="lstm,gru_cho,rnn")
     ap.add_argument("shapes", nargs="*", default=["200x8x64", "100x64x256", "50x16x512"])
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--launches", default="", help="step block shapes units x rows x splits, comma-separated")
     opts = ap.parse_args()
+    launches = [LaunchConfig(*(int(v) for v in spec.split("x"))) for spec in opts.launches.split(",") if spec] or [None]
     global synced
     for name in opts.cells.split(","):
         cell = get_cell(name)
-        kernels = compile_cell(cell, "float32")
-        for shape in opts.shapes:
+        for launch, shape in [(launch, shape) for shape in opts.shapes for launch in launches]:
+            kernels = compile_cell(cell, "float32", launch=launch)
             T, B, H = (int(v) for v in shape.split("x"))
             rng = np.random.default_rng(0)
             params = functional.init_params(cell, H, H, rng=rng)
@@ -104,7 +109,8 @@ def main():
                     parts["  " + k].append(v)
                 parts["  rest"].append(f + b - sum(spent.values()))
             synced = False
-            print(f"== {name} {T}x{B}x{H}")
+            shown = kernels.launch
+            print(f"== {name} {T}x{B}x{H}, steps in blocks of {shown.units} x {shown.rows} x {shown.splits} threads")
             for k, v in parts.items():
                 print(f"  {k:34s} {1e3 * statistics.median(v):8.3f} ms")
 

@@ -7,8 +7,11 @@
 #    numba-cuda and torch come with the device image);
 # 2. works around the image's numba-cuda calling np.row_stack, which its NumPy 2.5 removed: an alias in a
 #    sitecustomize.py in a temporary folder on PYTHONPATH, for this run only (RESULTS.md, GPU section);
-# 3. takes a training step apart (benchmarks/gpu_breakdown.py) at BREAKDOWN_SHAPES for BREAKDOWN_CELLS;
-# 4. runs the benchmark grid with the GPU peers (`seqengine bench --gpu`) for CELLS at SHAPES: by
+# 3. times the GEMM kernels' block shapes GEMM_VARIANTS at the targets' products against torch.matmul
+#    (benchmarks/gpu_gemm.py);
+# 4. takes a training step apart (benchmarks/gpu_breakdown.py) at BREAKDOWN_SHAPES for BREAKDOWN_CELLS,
+#    for each step block shape in LAUNCHES (units x rows x splits);
+# 5. runs the benchmark grid with the GPU peers (`seqengine bench --gpu`) for CELLS at SHAPES: by
 #    default the cases of the issue's GPU targets (custom cells >= 3x their torch loops, lstm within 2x
 #    of cuDNN at 100x64x256). The CPU seqengine column there is only the reference the GPU results are
 #    checked against, so it runs on one Numba thread (no CPU team kernels to compile).
@@ -19,6 +22,10 @@ BREAKDOWN_SHAPES=${BREAKDOWN_SHAPES:-"200x8x64 100x64x256 50x16x512"}
 CELLS=${CELLS:-lstm,peephole,coupled,gru,gru_cho,rnn}
 SHAPES=${SHAPES:-100x64x256,50x16x512}
 REPEATS=${REPEATS:-3}
+GEMM_VARIANTS=${GEMM_VARIANTS:-16x8,16x4,8x8}
+GEMM_SHAPES=${GEMM_SHAPES:-100x64x256,50x16x512}
+GEMM_SQUARE=${GEMM_SQUARE:-4096}
+LAUNCHES=${LAUNCHES:-32x4x4,32x2x8,64x2x4}
 
 shim=$(mktemp -d)
 cat > "$shim/sitecustomize.py" <<'PY'
@@ -32,7 +39,10 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt" || true
 
+python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" --square "$GEMM_SQUARE" \
+    --repeats "$REPEATS" | tee "$OUT/gemm.txt"
 # shellcheck disable=SC2086  # the shapes are separate arguments
-python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES --repeats "$REPEATS" | tee "$OUT/breakdown.txt"
+python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES --repeats "$REPEATS" --launches "$LAUNCHES" \
+    | tee "$OUT/breakdown.txt"
 NUMBA_NUM_THREADS=1 python3 -m seqengine.cli bench --gpu --impls seqengine --cells "$CELLS" --shapes "$SHAPES" \
     --modes train --repeats "$REPEATS" --warmup 1 --no-compile --no-memory --no-plot --out "$OUT/bench"

@@ -56,6 +56,8 @@ def test_cpu_path_never_imports_cuda():
     (dict(splits=0), "LaunchConfig.splits must be >= 1"),
     (dict(units=32, rows=4, splits=8), "units * rows * splits = 1024"),
     (dict(gemm_tile=33), "gemm_tile ** 2 = 1089"),
+    (dict(gemm_regs=0), "LaunchConfig.gemm_regs must be >= 1"),
+    (dict(gemm_regs=9), "LaunchConfig.gemm_regs = 9; at most 8"),
 ])
 def test_launch_config_rejects_blocks_that_cannot_launch(kwargs, named):
     from seqengine.backends.cuda.config import LaunchConfig

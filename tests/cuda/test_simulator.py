@@ -160,28 +160,28 @@ def test_benchmark_gpu_mode_checks_and_times_the_cuda_backend(tmp_path):
         assert cuda_run["check"]["max_rel_err"] < 1e-4
 
 
+@pytest.mark.parametrize("threads,regs", [(3, 4), (2, 8), (3, 2)])
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
-def test_gemm_kernel_matches_numpy(trans_a, trans_b):
-    """The register-tiled GEMM in every layout, with several blocks, several depth tiles and partial
-    tiles on every side (3 x 3 threads, 4 x 4 registers: 12 x 12 tiles of c, depth tiles of 3)."""
+def test_gemm_kernel_matches_numpy(trans_a, trans_b, threads, regs):
+    """The register-tiled GEMM in every layout, with several blocks, several depth stages and partial
+    tiles on every side: 3 x 3 threads of 4 x 4 outputs (one run of 4 adjacent rows a thread), 2 x 2
+    threads of 8 x 8 (two runs) and 3 x 3 of 2 x 2, whole sums and sums split into slices."""
     from numba import cuda
 
-    from seqengine.backends.cuda.emit import GEMM_REGS
-    kernels = compile_cell(se.get_cell("rnn"), "float64", launch=LaunchConfig(gemm_tile=3))
+    kernels = compile_cell(se.get_cell("rnn"), "float64", launch=LaunchConfig(gemm_tile=threads, gemm_regs=regs))
     rng = np.random.default_rng(3)
-    M, N, K = 14, 25, 11
+    M, N, K = threads * regs + 3, 2 * threads * regs - 1, 3 * threads + 1   # 2 x 2 blocks, 4 stages
     a = rng.standard_normal((K, M) if trans_a else (M, K))
     b = rng.standard_normal((N, K) if trans_b else (K, N))
     c0 = rng.standard_normal((M, N))
     want = (a.T if trans_a else a) @ (b.T if trans_b else b)
-    for accumulate in (False, True):
-        for slices in (1, 2, None):   # the sum over K whole, split in two (uneven slices), as chosen
-            c = cuda.to_device(c0)
-            kernels._gemm(cuda.to_device(a), cuda.to_device(b), c, bool(trans_a), bool(trans_b), accumulate, 0,
-                          slices=slices)
-            np.testing.assert_allclose(c.copy_to_host(), want + c0 if accumulate else want, rtol=1e-12,
-                                       atol=1e-12, err_msg=f"accumulate={accumulate}, slices={slices}")
-    assert 3 * GEMM_REGS < min(M, N)   # several blocks each way
+    # the sum over K whole, split in two (uneven slices, one of them ending inside a stage), as chosen
+    for accumulate, slices in [(False, 1), (True, 2), (False, None)]:
+        c = cuda.to_device(c0)
+        kernels._gemm(cuda.to_device(a), cuda.to_device(b), c, bool(trans_a), bool(trans_b), accumulate, 0,
+                      slices=slices)
+        np.testing.assert_allclose(c.copy_to_host(), want + c0 if accumulate else want, rtol=1e-12,
+                                   atol=1e-12, err_msg=f"accumulate={accumulate}, slices={slices}")
 
 
 def test_step_launch_binds_on_a_gpu_and_falls_back_in_the_simulator():

@@ -26,18 +26,22 @@ class LaunchConfig:
             z, z + splits, ...; the partial sums meet in shared memory. More loads in flight per SM.
     persistent: run all steps of a forward or backward in one cooperative launch (blocks meet at a
                 grid barrier after each segment) instead of one launch per step and segment.
-    gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels (each
-               thread computes a GEMM_REGS x GEMM_REGS register tile of the result).
+    gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels, and the
+               depth of a stage of their sums.
+    gemm_regs: outputs each GEMM thread computes along each side (a gemm_regs x gemm_regs register
+               tile; a block computes a [gemm_tile * gemm_regs]^2 tile of the result). The GEMM's block
+               shape is compiled into its kernel (`gemm.py`): one kernel per (gemm_tile, gemm_regs).
     """
 
     units: int = 32
     rows: int = 4
     splits: int = 4
     gemm_tile: int = 16
+    gemm_regs: int = 8
     persistent: bool = True
 
     def __post_init__(self):
-        for name in ("units", "rows", "splits", "gemm_tile"):
+        for name in ("units", "rows", "splits", "gemm_tile", "gemm_regs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LaunchConfig.{name} must be >= 1")
         if self.units * self.rows * self.splits > STEP_MAX_THREADS:
@@ -46,6 +50,9 @@ class LaunchConfig:
         if self.gemm_tile ** 2 > 1024:
             raise ValueError(f"LaunchConfig: gemm_tile ** 2 = {self.gemm_tile ** 2}; "
                              "a CUDA block has at most 1024 threads")
+        if self.gemm_regs > 8:
+            raise ValueError(f"LaunchConfig.gemm_regs = {self.gemm_regs}; at most 8 (8 x 8 = 64 accumulators "
+                             "a thread already fill half of its registers)")
 
 
 DEFAULT_LAUNCH = LaunchConfig()

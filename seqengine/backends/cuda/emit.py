@@ -19,8 +19,8 @@ the parallel decomposition differs (see docs/CUDA.md):
   GEMM adjoints that need a whole row of product adjoints written by the previous
   segment (``d_prod_g @ weight_g``), then the pointwise adjoints of its segment.
 - The hoisted input projection and the deferred weight-gradient products run in
-  one register-tiled GEMM kernel (``gemm_kernel``) with transpose flags and an
-  optional split of the sum over grid z.
+  the register-tiled GEMM kernel of `gemm.py` (one per block shape, shared by all
+  cells), with transpose flags and an optional split of the sum over grid z.
 
 Shared memory is dynamic (``cuda.shared.array(0, FT)``), sized by the launch, so
 block shapes stay runtime arguments. Array names follow the CPU kernels; per-row
@@ -55,85 +55,6 @@ HELPERS = {
 # bound by load latency (H200: 250 us a backward step at 100x64x256 with one weight load in flight);
 # unrolled, each pass issues UNROLL loads per product before it waits.
 UNROLL = 8
-
-# Outputs per thread along each side of the GEMM kernel's register tile (a block of ts x ts threads
-# computes a (ts * GEMM_REGS)^2 tile of c).
-GEMM_REGS = 4
-
-
-def gemm_kernel_source(regs: int = GEMM_REGS) -> str:
-    """The tiled GEMM kernel ``c (+)= op(a) @ op(b)``, each thread holding a regs x regs register tile.
-
-    Why registers: the one-output-per-thread kernel of session 2 read two shared-memory values per
-    multiply-add; with a regs x regs tile a thread reads 2 * regs values for regs^2 of them. The
-    accumulators are named scalars (generated here, unrolled) so that they live in registers.
-    Thread (ty, tx) owns rows ty + r*ts and columns tx + q*ts of the block's tile: neighbouring
-    threads read neighbouring shared words (no bank conflicts) and write neighbouring columns of c.
-    """
-    rq = [(r, q) for r in range(regs) for q in range(regs)]
-    lines = [
-        "@cuda.jit(cache=True)",
-        "def gemm_kernel(a, b, c, trans_a, trans_b, accumulate):",
-        "    # c [S, M, N]: c[z] (+)= op(a) [M, K] @ op(b) [K, N] over the z-th of S slices of K (blockIdx.z);",
-        "    # op(v) = v.T when trans_v != 0",
-        f"    # a block of ts x ts threads computes a [{regs}ts, {regs}ts] tile of c, ts = blockDim.x;",
-        f"    # shared memory: op(a) tile [ts, {regs}ts] (k-major), then op(b) tile [ts, {regs}ts]",
-        "    ts = cuda.blockDim.x",
-        f"    tile_m = ts * {regs}",
-        "    shared = cuda.shared.array(0, FT)",
-        "    a_tile = shared[:ts * tile_m]",
-        "    b_tile = shared[ts * tile_m:]",
-        "    tx = cuda.threadIdx.x",
-        "    ty = cuda.threadIdx.y",
-        "    lin = ty * ts + tx",
-        "    m0 = cuda.blockIdx.y * tile_m",
-        "    n0 = cuda.blockIdx.x * tile_m",
-        "    z = cuda.blockIdx.z",
-        "    M = c.shape[1]",
-        "    N = c.shape[2]",
-        "    K_all = a.shape[0] if trans_a else a.shape[1]",
-        "    chunk = ((K_all + cuda.gridDim.z - 1) // cuda.gridDim.z + ts - 1) // ts * ts",
-        "    k_begin = z * chunk",
-        "    K = min(K_all, k_begin + chunk)",
-    ]
-    lines += [f"    acc_{r}_{q} = F(0.0)" for r, q in rq]
-    lines += [
-        "    for k0 in range(k_begin, K, ts):",
-        f"        for e in range(lin, ts * tile_m, ts * ts):   # {regs} elements of each tile per thread",
-        "            # consecutive threads read consecutive addresses of a and b in either layout",
-        "            if trans_a:",
-        "                kk = e // tile_m",
-        "                mm = e - kk * tile_m",
-        "                v = a[k0 + kk, m0 + mm] if m0 + mm < M and k0 + kk < K else F(0.0)",
-        "            else:",
-        "                mm = e // ts",
-        "                kk = e - mm * ts",
-        "                v = a[m0 + mm, k0 + kk] if m0 + mm < M and k0 + kk < K else F(0.0)",
-        "            a_tile[kk * tile_m + mm] = v",
-        "            if trans_b:",
-        "                nn = e // ts",
-        "                kk = e - nn * ts",
-        "                v = b[n0 + nn, k0 + kk] if n0 + nn < N and k0 + kk < K else F(0.0)",
-        "            else:",
-        "                kk = e // tile_m",
-        "                nn = e - kk * tile_m",
-        "                v = b[k0 + kk, n0 + nn] if n0 + nn < N and k0 + kk < K else F(0.0)",
-        "            b_tile[kk * tile_m + nn] = v",
-        "        cuda.syncthreads()",
-        "        for kk in range(ts):",
-        "            row = kk * tile_m",
-    ]
-    lines += [f"            a_{r} = a_tile[row + ty + {r} * ts]" for r in range(regs)]
-    lines += [f"            b_{q} = b_tile[row + tx + {q} * ts]" for q in range(regs)]
-    lines += [f"            acc_{r}_{q} += a_{r} * b_{q}" for r, q in rq]
-    lines.append("        cuda.syncthreads()")
-    for r, q in rq:
-        lines += [f"    i = m0 + ty + {r} * ts",
-                  f"    j = n0 + tx + {q} * ts",
-                  "    if i < M and j < N:",
-                  f"        c[z, i, j] = c[z, i, j] + acc_{r}_{q} if accumulate else acc_{r}_{q}"]
-    return "\n".join(lines) + "\n"
-
 
 # Kernels that do not depend on the cell (typed per dtype through F).
 SUPPORT_KERNELS = '''
@@ -217,7 +138,6 @@ def sum_rows_kernel(per_row, out):
 # (any length; the PTX check compiles it for 3), "i" int64 array,
 # "i" with ndim 0 an int64 scalar, "f" with ndim 0 a float scalar. Used by the PTX check.
 SUPPORT_SIGNATURES = {
-    "gemm_kernel": (("f", 2), ("f", 2), ("f", 3), ("i", 0), ("i", 0), ("i", 0)),
     "sum_slices_kernel": (("f", 3), ("f", 2), ("i", 0)),
     "stack_kernel": (("F", 2), ("f", 2), ("i", 0)),
     "fill_kernel": (("f", 1), ("f", 0)),
@@ -370,19 +290,25 @@ class CudaEmitter(KernelPlan):
             with w.indent():
                 w("n = min(cuda.blockDim.x, K - kz)")
                 w("kk = 0")
+                # unsigned indices: no negative-index wraparound (a compare and select per load and
+                # 64-bit arithmetic to undo it); see `unsigned`
+                for m, col in enumerate(columns):
+                    w(f"col{m} = U({col})")
                 w(f"while kk + {UNROLL} <= n:   # {UNROLL} operand values at once: more weight loads in flight")
                 with w.indent():
+                    w("s0 = U(row + kk)")
+                    w("k0u = U(kz + kk)")
                     for u in range(UNROLL):
-                        w(f"o{u} = shared[row + kk + {u}]")
-                    for o, col in zip(outputs, columns):
-                        terms = " + ".join(f"o{u} * {matrix}[kz + kk + {u}, {col}]" for u in range(UNROLL))
+                        w(f"o{u} = shared[s0 + U({u})]")
+                    for m, o in enumerate(outputs):
+                        terms = " + ".join(f"o{u} * {matrix}[k0u + U({u}), col{m}]" for u in range(UNROLL))
                         w(f"{o} += {terms}")
                     w(f"kk += {UNROLL}")
                 w("while kk < n:")
                 with w.indent():
-                    w("o = shared[row + kk]")
-                    for o, col in zip(outputs, columns):
-                        w(f"{o} += o * {matrix}[kz + kk, {col}]")
+                    w("o = shared[U(row + kk)]")
+                    for m, o in enumerate(outputs):
+                        w(f"{o} += o * {matrix}[U(kz + kk), col{m}]")
                     w("kk += 1")
             w("cuda.syncthreads()")
         # the slices' partial sums meet in shared memory: [outputs, splits, rows, units] after the operands
@@ -573,7 +499,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
     }
     parts = [f'"""seqengine CUDA kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
              "import math", "", "import numpy as np", "from numba import cuda", "",
-             f"F = np.{dtype}", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", "",
+             f"F = np.{dtype}", "U = np.uint64   # an index that cannot be negative: no wraparound code", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", "",
              "# Step kernels promise the compiler at most STEP_MAX_THREADS threads a block, so it keeps each",
              "# thread's registers within what such a block may use (a block that asks for more fails to launch).",
              "try:",
@@ -582,7 +508,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
              "    step_jit = cuda.jit(cache=True)", ""]
     for fn in sorted(used):
         parts += ["", "@cuda.jit(device=True, inline=\"always\")", HELPERS[fn], ""]
-    parts += [SUPPORT_KERNELS, gemm_kernel_source()]
+    parts += [SUPPORT_KERNELS]
     for src in train_src + infer_src + back_src + [init_src]:
         parts += ["", src, ""]
     return "\n".join(parts), info

@@ -32,7 +32,7 @@ from numba import cuda
 
 from ...compiler.schedule import Schedule
 from .config import DEFAULT_LAUNCH, LaunchConfig
-from .emit import GEMM_REGS
+from .gemm import gemm_kernel_name, gemm_module
 from .launch import StepLaunch, cooperative_blocks
 
 
@@ -64,6 +64,7 @@ class CudaKernels:
     def __init__(self, sched: Schedule, module, dtype: np.dtype, launch: LaunchConfig = DEFAULT_LAUNCH):
         self.sched, self.module, self.dtype, self.launch = sched, module, np.dtype(dtype), launch
         self.info = module.KERNELS
+        self.gemm = gemm_module(self.dtype.name, launch.gemm_tile, launch.gemm_regs)
         self._resident: dict = {}   # (mode, block, shared bytes) -> blocks of a persistent kernel that fit
 
     def with_launch(self, launch: LaunchConfig) -> "CudaKernels":
@@ -94,28 +95,27 @@ class CudaKernels:
         return a
 
     def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream, slices: int | None = None):
-        """c (+)= op(a) @ op(b) with the register-tiled kernel: ts x ts threads a block, each block a
-        [ts * GEMM_REGS, ts * GEMM_REGS] tile of c.
+        """c (+)= op(a) @ op(b) with the register-tiled kernel (`gemm.py`): ts x ts threads a block, each
+        block a [ts * regs, ts * regs] tile of c.
 
         A product with few output tiles and a long sum (the weight gradients: [4H, D] summed over T*B
         rows) would occupy a few dozen blocks of a GPU that holds hundreds; its sum is then split
         into `slices` slices of K, one grid layer each, written apart and added in a fixed order.
         """
         ts = self.launch.gemm_tile
-        tile = ts * GEMM_REGS
+        tile = ts * self.launch.gemm_regs
         M, N = c.shape
         K = a.shape[0] if trans_a else a.shape[1]
         blocks = _blocks(N, tile) * _blocks(M, tile)
         if slices is None:
             slices = max(1, min(GEMM_BLOCKS_WANTED // blocks, K // (GEMM_MIN_SLICE_TILES * ts)))
-        shmem = 2 * ts * tile * self.dtype.itemsize
         grid = (_blocks(N, tile), _blocks(M, tile), slices)
+        kernel = getattr(self.gemm, gemm_kernel_name(trans_a, trans_b))[grid, (ts, ts), stream]
         if slices == 1:
-            self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, c.reshape(1, M, N), int(trans_a),
-                                                                   int(trans_b), int(accumulate))
+            kernel(a, b, c.reshape(1, M, N), int(accumulate))
             return
         parts = self._empty((slices, M, N), stream)
-        self.module.gemm_kernel[grid, (ts, ts), stream, shmem](a, b, parts, int(trans_a), int(trans_b), 0)
+        kernel(a, b, parts, 0)
         self.module.sum_slices_kernel[(_blocks(N, 16), _blocks(M, 16)), (16, 16), stream](parts, c, int(accumulate))
 
     def _stack(self, params, names, transpose: bool, stream):
