@@ -34,6 +34,7 @@ from ...compiler.schedule import Schedule
 from .config import DEFAULT_LAUNCH, LaunchConfig
 from .gemm import gemm_kernel_name, gemm_module
 from .launch import StepLaunch, cooperative_blocks
+from .pool import POOL
 
 
 @dataclass
@@ -81,11 +82,17 @@ class CudaKernels:
             if not d.is_c_contiguous():
                 raise ValueError(f"{name}: device arrays must be C-contiguous")
             return d
-        host = np.ascontiguousarray(a, dtype=self.dtype)
-        return cuda.to_device(host, stream=stream)
+        return self._upload(np.ascontiguousarray(a, dtype=self.dtype), stream)
+
+    def _upload(self, host: np.ndarray, stream):
+        """A device copy of the host array `host` (memory from the pool)."""
+        d = self._empty(host.shape, stream, host.dtype)
+        if host.size:
+            d.copy_to_device(host, stream=stream)
+        return d
 
     def _empty(self, shape, stream, dtype=None):
-        return cuda.device_array(shape, dtype=dtype or self.dtype, stream=stream)
+        return POOL.empty(shape, dtype or self.dtype, stream)
 
     def _zeros(self, shape, stream):
         a = self._empty(shape, stream)
@@ -184,7 +191,7 @@ class CudaKernels:
         H = next(iter(state0.values())).shape[1]
         host_lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(
             lengths.copy_to_host() if is_device_array(lengths) else lengths, dtype=np.int64)
-        device_lengths = cuda.to_device(host_lengths, stream=stream)
+        device_lengths = self._upload(host_lengths, stream)
         if host_lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
             masked = self._empty((T, B, D), stream)
             self.module.mask_padding_kernel[(_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream](
