@@ -41,17 +41,6 @@ def tool(name: str) -> str | None:
     return None
 
 
-def argument_types(signature, dtype):
-    from numba import types
-    f = {"float32": types.float32, "float64": types.float64}[dtype]
-    out = []
-    for kind, ndim in signature:
-        scalar = f if kind in ("f", "F") else types.int64
-        typ = scalar if ndim == 0 else types.Array(scalar, ndim, "C")
-        out.append(types.UniTuple(typ, 3) if kind == "F" else typ)
-    return tuple(out)
-
-
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 LABEL = re.compile(r"^(\.L_x_\d+):")
 
@@ -108,6 +97,7 @@ def main():
     # numba-cuda compiles the grid barrier for the current GPU's compute capability (none here)
     numba.cuda.dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=CC)
     from seqengine.backends.cuda.config import STEP_MAX_THREADS
+    from seqengine.backends.cuda.emit import signature_types
     jobs = []   # (name, python function, argument types, launch bound)
     if opts.gemm:
         from seqengine.backends.cuda.gemm import GEMM_SIGNATURE, gemm_kernel_name, gemm_module
@@ -116,7 +106,7 @@ def main():
         for trans_a in (False, True):
             for trans_b in (False, True):
                 name = gemm_kernel_name(trans_a, trans_b)
-                jobs.append((name, getattr(module, name).py_func, argument_types(GEMM_SIGNATURE, opts.dtype), None))
+                jobs.append((name, getattr(module, name).py_func, signature_types(GEMM_SIGNATURE, opts.dtype), None))
     if opts.cell:
         import seqengine as se
         from seqengine.backends.cuda import generated_module
@@ -124,7 +114,7 @@ def main():
         signatures = module.KERNELS["signatures"]
         for name in opts.kernels or module.KERNELS["step_kernels"]:
             bound = STEP_MAX_THREADS if name in module.KERNELS["step_kernels"] else None
-            jobs.append((name, getattr(module, name).py_func, argument_types(signatures[name], opts.dtype), bound))
+            jobs.append((name, getattr(module, name).py_func, signature_types(signatures[name], opts.dtype), bound))
 
     ptxas, nvdisasm = tool("ptxas"), tool("nvdisasm")
     if ptxas is None:

@@ -11,20 +11,10 @@ import re
 import pytest
 
 import seqengine as se
+from seqengine.backends.cuda.emit import signature_types
 
 CC = (9, 0)
 F64_ARITHMETIC = re.compile(r"\b(add|sub|mul|div|fma)(\.rn)?\.f64\b")
-
-
-def _types(signature, dtype):
-    from numba import types
-    f = {"float32": types.float32, "float64": types.float64}[dtype]
-    out = []
-    for kind, ndim in signature:
-        scalar = f if kind in ("f", "F") else types.int64
-        typ = scalar if ndim == 0 else types.Array(scalar, ndim, "C")
-        out.append(types.UniTuple(typ, 3) if kind == "F" else typ)
-    return tuple(out)
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +42,7 @@ def test_every_kernel_compiles_to_ptx(name, dtype):
     for kernel, signature in signatures.items():
         py_func = getattr(module, kernel).py_func
         bounded = kernel in module.KERNELS["step_kernels"]
-        ptx, _ = cuda.compile_ptx(py_func, _types(signature, dtype), cc=CC,
+        ptx, _ = cuda.compile_ptx(py_func, signature_types(signature, dtype), cc=CC,
                                   launch_bounds=STEP_MAX_THREADS if bounded else None)
         assert ".target sm_90" in ptx, kernel
         if bounded:   # the register budget of a full block: what the runtime's step kernels are built with
@@ -101,7 +91,7 @@ def test_step_kernels_hot_loop_has_no_wraparound(name):
     for kernel in module.KERNELS["step_kernels"]:
         if "persistent" in kernel or kernel == "backward_initial_kernel":
             continue   # the same bodies as the step kernels
-        ptx, _ = cuda.compile_ptx(getattr(module, kernel).py_func, _types(signatures[kernel], "float32"), cc=CC,
+        ptx, _ = cuda.compile_ptx(getattr(module, kernel).py_func, signature_types(signatures[kernel], "float32"), cc=CC,
                                   launch_bounds=STEP_MAX_THREADS)
         loop = _hot_loop(ptx)
         loads = sum("ld.global" in i for i in loop)
@@ -126,7 +116,7 @@ def test_gemm_kernels_compile_to_ptx(dtype):
     for trans_a in (False, True):
         for trans_b in (False, True):
             kernel = gemm_kernel_name(trans_a, trans_b)
-            ptx, _ = cuda.compile_ptx(getattr(module, kernel).py_func, _types(GEMM_SIGNATURE, dtype), cc=CC)
+            ptx, _ = cuda.compile_ptx(getattr(module, kernel).py_func, signature_types(GEMM_SIGNATURE, dtype), cc=CC)
             assert ".local" not in ptx, f"{kernel}: a thread-local array (accumulators must stay registers)"
             if dtype == "float32":
                 assert not F64_ARITHMETIC.search(ptx), f"{kernel}: float64 arithmetic in a float32 kernel"

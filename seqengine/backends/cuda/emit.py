@@ -195,6 +195,19 @@ SUPPORT_SIGNATURES = {
 }
 
 
+def signature_types(signature, dtype: str) -> tuple:
+    """Numba argument types of a kernel signature written as above, for ``cuda.compile_ptx``: arrays
+    C-contiguous, a tuple of float arrays as 3 of them."""
+    from numba import types
+    f = {"float32": types.float32, "float64": types.float64}[dtype]
+    out = []
+    for kind, ndim in signature:
+        scalar = f if kind in ("f", "F") else types.int64
+        typ = scalar if ndim == 0 else types.Array(scalar, ndim, "C")
+        out.append(types.UniTuple(typ, 3) if kind == "F" else typ)
+    return tuple(out)
+
+
 class CudaEmitter(KernelPlan):
     """The CUDA kernels: one thread per element (b, j); per-row scratch is [B, H], indexed (b, j)."""
 
