@@ -9,13 +9,15 @@
 #    sitecustomize.py in a temporary folder on PYTHONPATH, for this run only (RESULTS.md, GPU section);
 # 3. times the GEMM kernels' block shapes GEMM_VARIANTS at the targets' products against torch.matmul
 #    (benchmarks/gpu_gemm.py);
-# 4. takes a training step apart (benchmarks/gpu_breakdown.py) at BREAKDOWN_SHAPES for BREAKDOWN_CELLS,
-#    for each step block shape in LAUNCHES (units x rows x splits);
-# 5. runs the benchmark grid with the GPU peers (`seqengine bench --gpu`) for CELLS at SHAPES: by
+# 4. runs the benchmark grid with the GPU peers (`seqengine bench --gpu`) for CELLS at SHAPES: by
 #    default the cases of the issue's GPU targets (custom cells >= 3x their torch loops, lstm within 2x
 #    of cuDNN at 100x64x256). The CPU seqengine column there is only the reference the GPU results are
-#    checked against, so it runs on one Numba thread (no CPU team kernels to compile).
-set -euo pipefail
+#    checked against, so it runs on one Numba thread (no CPU team kernels to compile);
+# 5. takes a training step apart (benchmarks/gpu_breakdown.py) at BREAKDOWN_SHAPES for BREAKDOWN_CELLS,
+#    for each step block shape in LAUNCHES (units x rows x splits).
+# The targets' grid runs before the breakdown, and a failing stage does not stop the next: what a
+# device session left in OUT comes back even when its time runs out (each stage writes as it goes).
+set -uo pipefail
 OUT=${1:-${OUT:-gpu-session}}
 BREAKDOWN_CELLS=${BREAKDOWN_CELLS:-lstm,gru_cho,rnn}
 BREAKDOWN_SHAPES=${BREAKDOWN_SHAPES:-"200x8x64 100x64x256 50x16x512"}
@@ -35,14 +37,20 @@ if not hasattr(numpy, "row_stack"):      # numba-cuda 0.30 calls it; NumPy 2.5 r
 PY
 export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
 export SEQENGINE_CACHE_DIR=${SEQENGINE_CACHE_DIR:-/tmp/seqengine-gpu-cache}
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt" || true
 
-python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" --square "$GEMM_SQUARE" \
-    --repeats "$REPEATS" | tee "$OUT/gemm.txt"
+stage() {   # stage NAME COMMAND...: run it, its output also in OUT/NAME.txt; say if it failed, go on
+    local name=$1; shift
+    echo "== $name: $*"
+    { "$@" 2>&1 || echo "== $name FAILED (exit $?)"; } | tee "$OUT/$name.txt"
+}
+stage gemm python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" \
+    --square "$GEMM_SQUARE" --repeats "$REPEATS"
+stage bench env NUMBA_NUM_THREADS=1 python3 -m seqengine.cli bench --gpu --impls seqengine --cells "$CELLS" \
+    --shapes "$SHAPES" --modes train --repeats "$REPEATS" --warmup 1 --no-compile --no-memory --no-plot \
+    --out "$OUT/bench"
 # shellcheck disable=SC2086  # the shapes are separate arguments
-python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES --repeats "$REPEATS" --launches "$LAUNCHES" \
-    | tee "$OUT/breakdown.txt"
-NUMBA_NUM_THREADS=1 python3 -m seqengine.cli bench --gpu --impls seqengine --cells "$CELLS" --shapes "$SHAPES" \
-    --modes train --repeats "$REPEATS" --warmup 1 --no-compile --no-memory --no-plot --out "$OUT/bench"
+stage breakdown python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES --repeats "$REPEATS" \
+    --launches "$LAUNCHES"

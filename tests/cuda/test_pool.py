@@ -84,7 +84,7 @@ def test_free_lists_keep_at_most_their_limit(fake_device):
     del a, b
     gc.collect()
     assert pool.cached_bytes == 64      # the second did not fit under 100 bytes: left to Numba
-    assert len(pool._free[64]) == 1
+    assert len(pool._free[None, 64]) == 1
     assert pool.release_cached() == 64 and pool.cached_bytes == 0 and not pool._free
 
 
@@ -112,3 +112,26 @@ def test_the_pool_turns_itself_off_where_numba_internals_differ(fake_device, mon
         assert pool.empty((4,), np.float32) is sentinel
     assert pool.enabled is False
     assert pool.empty((4,), np.float32) is sentinel   # off for good, quietly
+
+
+def test_blocks_are_kept_per_gpu(fake_device):
+    """A block freed under one CUDA context is not handed out under another (it is that GPU's memory)."""
+    from seqengine.backends.cuda.pool import DevicePool
+    class Context:   # a CUDA context as the pool sees it: a driver handle (weakly referenced)
+        def __init__(self, handle):
+            self.handle = handle
+    gpus = [Context(1), Context(2)]
+    current = [gpus[0]]
+    pool = DevicePool(limit_bytes=1 << 30, allocate=FakeAllocator(), context=gpus[0])
+    pool._current_context = lambda: current[0]
+    pool.enabled = True
+    a = pool.empty((4,), np.float32)
+    first = address(a)
+    del a
+    gc.collect()
+    current[0] = gpus[1]
+    b = pool.empty((4,), np.float32)
+    assert address(b) != first and pool.hits == 0
+    current[0] = gpus[0]
+    c = pool.empty((4,), np.float32)
+    assert address(c) == first and pool.hits == 1

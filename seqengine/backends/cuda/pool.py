@@ -33,16 +33,17 @@ import numpy as np
 class DevicePool:
     """``empty(shape, dtype)``: a C-contiguous device array, its memory reused once it is released.
 
-    limit_bytes: most bytes kept in free lists (None: a quarter of the GPU's memory, read at first
-    use); a block released beyond it is freed as usual.
+    limit_bytes: most bytes kept in free lists (None: a quarter of the first GPU's memory, read at
+    first use); a block released beyond it is freed as usual. Free lists are kept per CUDA context
+    (a block belongs to its GPU), keyed by the context's handle.
     """
 
     def __init__(self, limit_bytes: int | None = None, allocate=None, context=None):
         self._allocate = allocate          # nbytes -> raw device array (tests pass a fake)
-        self._context = context
+        self._current_context = (lambda: context) if context is not None else None
         self.limit_bytes = limit_bytes
         self.enabled = None                # None: not decided yet (decided at the first request)
-        self._free: dict[int, list] = defaultdict(list)   # nbytes -> raw blocks ready for reuse
+        self._free: dict[tuple, list] = defaultdict(list)   # (context, nbytes) -> raw blocks ready for reuse
         self._live: dict[int, object] = {}                 # key -> pointer, until its count is 0
         self._keys = itertools.count()
         self.cached_bytes = 0
@@ -65,11 +66,9 @@ class DevicePool:
         if self.limit_bytes is None:
             from numba import cuda
             self.limit_bytes = cuda.current_context().get_memory_info().total // 4
-        if self._context is None:
-            import weakref
-
+        if self._current_context is None:
             from numba import cuda
-            self._context = weakref.proxy(cuda.current_context())
+            self._current_context = cuda.current_context
         return True
 
     def empty(self, shape, dtype, stream=0):
@@ -93,7 +92,9 @@ class DevicePool:
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
         from numba.cuda.cudadrv.driver import AutoFreePointer
         nbytes = math.prod(shape) * dtype.itemsize
-        free = self._free.get(nbytes)
+        context = self._current_context() if self._current_context else None
+        where = (_handle(context), nbytes)
+        free = self._free.get(where)
         if free:
             raw = free.pop()
             self.cached_bytes -= nbytes
@@ -104,8 +105,8 @@ class DevicePool:
         # as Numba's own allocations: a pointer counted by its arrays' and views' OwnedPointers, kept
         # alive here until the count is zero; then its finalizer returns the block instead of freeing it
         key = next(self._keys)
-        pointer = AutoFreePointer(self._context, raw.gpu_data.device_pointer, nbytes,
-                                  finalizer=functools.partial(self._release, key, nbytes, raw))
+        pointer = AutoFreePointer(_proxy(context), raw.gpu_data.device_pointer, nbytes,
+                                  finalizer=functools.partial(self._release, key, where, raw))
         self._live[key] = pointer
         strides = tuple(dtype.itemsize * math.prod(shape[k + 1:]) for k in range(len(shape)))
         return DeviceNDArray(shape, strides, dtype, stream=stream, gpu_data=pointer.own())
@@ -120,11 +121,12 @@ class DevicePool:
             self.release_cached()
             return self._allocate(nbytes)
 
-    def _release(self, key: int, nbytes: int, raw) -> None:
+    def _release(self, key: int, where: tuple, raw) -> None:
         """The finalizer of a block's pointer: its last array or view is gone."""
         self._live.pop(key, None)
+        nbytes = where[1]
         if self.cached_bytes + nbytes <= (self.limit_bytes or 0):
-            self._free[nbytes].append(raw)
+            self._free[where].append(raw)
             self.cached_bytes += nbytes
         # else: `raw` is dropped here and Numba frees it as any of its arrays
 
@@ -134,6 +136,21 @@ class DevicePool:
         self._free.clear()
         self.cached_bytes = 0
         return given
+
+
+def _handle(context):
+    """A hashable name of a CUDA context: its driver handle's address (None for none: the tests)."""
+    if context is None:
+        return None
+    try:
+        return int(context.handle)
+    except (AttributeError, TypeError, ValueError):
+        return id(context)
+
+
+def _proxy(context):
+    import weakref
+    return None if context is None else weakref.proxy(context)
 
 
 POOL = DevicePool()
