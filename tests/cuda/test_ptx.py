@@ -99,7 +99,9 @@ def test_step_kernels_hot_loop_has_no_wraparound(name):
             continue   # a segment with no products
         assert not [i for i in loop if WRAPAROUND.search(i)], kernel
         assert sum("fma.rn.f32" in i for i in loop) + sum("mul.f32" in i for i in loop) >= loads, kernel
-        assert len(loop) <= 5 * loads, f"{kernel}: {len(loop)} PTX instructions for {loads} weight loads"
+        # a load, its FMA, its 64-bit address (PTX before ptxas folds it: 5.25 a load at most now; with
+        # the wraparound, 8.75 in lstm's forward)
+        assert len(loop) <= 6 * loads, f"{kernel}: {len(loop)} PTX instructions for {loads} weight loads"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -29,6 +29,7 @@ scratch is [B, H] (each thread owns one element across segments, so no races).
 
 from __future__ import annotations
 
+import ast
 import re
 
 from ...compiler.differentiate import Expr
@@ -101,6 +102,56 @@ def _unsigned(code: str) -> str:
         wrapped = [p if ":" in p else f"U({p.strip()})" for p in parts]
         out.append(code[pos:m.end()] + ", ".join(wrapped) + "]")
         pos = end
+
+
+# Loads of a step's pointwise work issued before its products (at most this many values a thread): the
+# step's latency chain otherwise waits for them after the products (see `hoist_loads`).
+PREFETCH_LOADS = 8
+# Arrays whose elements the pointwise work loads from memory that may be far (written by another kernel or
+# another step); vector parameters ([H], hot in cache) and the lengths (a branch) stay where they are.
+_PREFETCHED = re.compile(r"^(x_proj|state_|saved_|value_|d_y|d_state_|d_cross_)")
+_STORE = re.compile(r"^\s*([A-Za-z_]\w*\[[^\]]*\])\s*(?:[-+*/]?=)(?!=)")
+
+
+def hoist_loads(tail: list[str], limit: int = PREFETCH_LOADS) -> tuple[list[str], list[str]]:
+    """Move the first `limit` distinct array loads of a body's pointwise part (`tail`, lines after its
+    products) to variables ``pf<k>`` loaded before the products: (loads, tail with the variables).
+
+    Why: a step is a chain of dependent phases (operand rows, dot products, partial sums, pointwise
+    work, grid barrier); a load of x_proj or a saved value waits a memory latency (~0.5-1 us) where the
+    pointwise work starts. Issued first, it arrives while the products run. Only loads every step
+    makes are moved (not those under a condition, such as the padding branch), and only if no line
+    before stores to the same element: every element the pointwise part reads is this thread's
+    (b, j) or was written before the step's last barrier.
+    """
+    stored, hoisted, out = set(), {}, []
+    top = min((len(line) - len(line.lstrip()) for line in tail if line.strip()), default=0)
+    for line in tail:
+        code, hash_, comment = line.partition("#")
+        target = _STORE.match(code)
+        rhs_start = target.end() if target else 0
+        unconditional = len(line) - len(line.lstrip()) == top
+
+        def replace(m):
+            text = m.group(0)
+            key = ast.unparse(ast.parse(text, mode="eval"))   # one spelling per element: (t + 1) & 1
+            if not unconditional or key in stored or not _PREFETCHED.match(text):
+                return text
+            if key not in hoisted:
+                if len(hoisted) == limit:
+                    return text
+                hoisted[key] = (f"pf{len(hoisted)}", text)
+            return hoisted[key][0]
+        rhs = re.sub(r"(?<![\w.])[A-Za-z_]\w*\[[^\[\]]*\]", replace, code[rhs_start:])
+        out.append(code[:rhs_start] + rhs + hash_ + comment)
+        if target:
+            stored.add(ast.unparse(ast.parse(target.group(1), mode="eval")))
+    if not hoisted:
+        return [], out
+    loads = ["if active and cuda.threadIdx.z == 0:   # the pointwise work's loads, in flight during the products"]
+    loads += [f"    {name} = {text}" for name, text in hoisted.values()]
+    loads += ["else:"] + [f"    {name} = F(0.0)" for name, _ in hoisted.values()]
+    return loads, out
 
 
 # Kernels that do not depend on the cell (typed per dtype through F).
@@ -289,6 +340,15 @@ class CudaEmitter(KernelPlan):
             w(f"# {c}")
         self.shape_lines(w)
 
+    @staticmethod
+    def assemble(w, products_from: int, tail) -> str:
+        """The body's source: `w` (head, products), the tail's loads hoisted to just before the products
+        (line `products_from` of `w`), then the tail; every subscript unsigned."""
+        loads, rest = hoist_loads(tail.lines)
+        indent = "    " * tail.depth
+        lines = w.lines[:products_from] + [indent + line for line in loads] + w.lines[products_from:] + rest
+        return unsigned_subscripts("\n".join(lines))
+
     def step_kernel(self, name: str, body: str, args: list[str]) -> str:
         """One launch of one segment of step t: grid x over units, grid y over rows."""
         w = SourceWriter()
@@ -414,6 +474,7 @@ class CudaEmitter(KernelPlan):
                 f"one thread per (b, j) of step t, segment {seg} of {len(s.segments)}",
                 "x_proj [T, B, Gx*H]; state_<s> " + ("[T + 1, B, H]" if training else "[2, B, H] (slot t & 1)"),
                 "weightT_<g> [in, k*H]; param_<p> [H]; y, saved_<v> [T, B, H]; value_<v> [B, H]"])
+            products_from = len(w.lines)
             level_groups = [grp for grp in s.groups if grp.level == seg]
             if level_groups:
                 self.shared_tile(w)
@@ -429,14 +490,16 @@ class CudaEmitter(KernelPlan):
                                   [self.block(m) for m in grp.members], f"weightT_{grp.name}.shape[0]",
                                   f"{' ; '.join(grp.matrices)} @ {g.label(grp.operand)}")
             self.products_done(w)
-            w("if t >= lengths[b]:   # past the end of this sequence")
-            with w.indent():
+            tail = SourceWriter()
+            tail.depth = w.depth
+            tail("if t >= lengths[b]:   # past the end of this sequence")
+            with tail.indent():
                 for line in self.forward_padding_lines(seg, training):
-                    w(line)
-                w("return")
+                    tail(line)
+                tail("return")
             for line in self.forward_lines(seg, training):
-                w(line)
-            sources += [unsigned_subscripts(w.text()), self.step_kernel(name, body, args)]
+                tail(line)
+            sources += [self.assemble(w, products_from, tail), self.step_kernel(name, body, args)]
             names.append(name)
         sources.append(self.persistent_kernel(f"forward_{mode}_persistent_kernel", bodies, args, reverse=False))
         return sources, names, args
@@ -470,6 +533,7 @@ class CudaEmitter(KernelPlan):
                 "d_y [T, B, H]; d_x_proj [T, B, Gx*H], d_prod_<g> [T, B, k*H] product adjoints (for the",
                 "weight GEMMs); d_params [P, B, H] per-row vector gradients; d_state_<s> [2, B, H] adjoint",
                 "of the state at t + 1 (slot (t + 1) & 1) and at t (slot t & 1); d_cross_<v> [B, H]"])
+            products_from = len(w.lines)
             gemm_states = [st for st in s.states if self.state_group(st) is not None
                            and s.segment_of.get(g.new_state[st]) == seg]
             operand_groups = [grp for grp in s.operand_groups() if grp.level == seg + 1]
@@ -482,15 +546,17 @@ class CudaEmitter(KernelPlan):
                                   f"weight_{grp.name}", ["j"], f"d_prod_{grp.name}.shape[2]",
                                   f"d {g.label(grp.operand)} from {' ; '.join(grp.matrices)}")
             self.products_done(w)
+            tail = SourceWriter()
+            tail.depth = w.depth
             if seg == top:   # the first launch of step t clears what the step accumulates into
                 for st in self.accumulated_states():
-                    w(f"{self.d_state(st, 't & 1')} = F(0.0)")
+                    tail(f"{self.d_state(st, 't & 1')} = F(0.0)")
                 for i in sorted(s.cross_adjoints):
-                    w(f"{self.d_cross(i)} = F(0.0)")
-            self.backward_padding(w, seg)
+                    tail(f"{self.d_cross(i)} = F(0.0)")
+            self.backward_padding(tail, seg)
             for line in self.backward_lines(seg):
-                w(line)
-            sources += [unsigned_subscripts(w.text()), self.step_kernel(name, body, args)]
+                tail(line)
+            sources += [self.assemble(w, products_from, tail), self.step_kernel(name, body, args)]
             names.append(name)
         sources.append(self.persistent_kernel("backward_persistent_kernel", bodies, args, reverse=True))
         return sources, names, args
