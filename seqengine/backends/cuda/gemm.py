@@ -93,16 +93,19 @@ def _kernel(ts: int, regs: int, trans_a: bool, trans_b: bool, aligned: bool) -> 
          "    K = min(K_all, k_begin + chunk)",
          f"    # element lin + i * {threads} of each stage tile is this thread's to stage: its (row, depth), with",
          "    # consecutive threads on consecutive addresses of the matrix"]
-    for i in range(per_thread):
+    def split(i: int, inner: int, major: str, minor: str) -> list[str]:
+        """(major, minor) of element lin + i * threads of a tile whose minor side is `inner` long. Where
+        `threads` is a multiple of `inner`, element i is element 0 moved `threads // inner` along the
+        major side, written so: no division for it, and its shared-memory offset is element 0's plus
+        a constant (stores with immediate offsets; 186 -> 152 registers in gemm_nt_kernel)."""
+        if i and threads % inner == 0:
+            return [f"    {major}{i} = {major}0 + {i * threads // inner}", f"    {minor}{i} = {minor}0"]
         e = f"(lin + {i * threads})"
-        if trans_a:
-            L += [f"    ka{i} = {e} // {tile}", f"    ma{i} = {e} - ka{i} * {tile}"]
-        else:
-            L += [f"    ma{i} = {e} // {ts}", f"    ka{i} = {e} - ma{i} * {ts}"]
-        if trans_b:
-            L += [f"    nb{i} = {e} // {ts}", f"    kb{i} = {e} - nb{i} * {ts}"]
-        else:
-            L += [f"    kb{i} = {e} // {tile}", f"    nb{i} = {e} - kb{i} * {tile}"]
+        return [f"    {major}{i} = {e} // {inner}", f"    {minor}{i} = {e} - {major}{i} * {inner}"]
+
+    for i in range(per_thread):
+        L += split(i, tile, "ka", "ma") if trans_a else split(i, ts, "ma", "ka")
+        L += split(i, ts, "nb", "kb") if trans_b else split(i, tile, "kb", "nb")
         L += [f"    sa{i} = U(ka{i} * {pitch} + ma{i})",
               f"    sb{i} = U(kb{i} * {pitch} + nb{i})"]
     L += [f"    row{r} = U({rows[r]})" for r in range(regs)]

@@ -52,7 +52,7 @@ def is_device_array(a) -> bool:
 
 
 # Split a GEMM's sum over K until it has about this many blocks (an H100/H200 has 132 SMs; a block of the
-# default 16x8 GEMM uses 186-214 registers a thread, so one fits an SM at a time: ~4 waves), keeping at
+# default 16x8 GEMM uses 127-152 registers a thread, so one or two fit an SM at a time), keeping at
 # least GEMM_MIN_SLICE_TILES depth stages per slice. Tuned for session 4's 64 x 64 tiles; to revisit
 # with benchmarks/gpu_gemm.py on a device.
 GEMM_BLOCKS_WANTED = 512
