@@ -66,7 +66,7 @@ def generated_module(cell: Cell, dtype="float32"):
     return sched, load_generated_module(f"{cell.name}_{dtype}_cuda", source)
 
 
-_compiled: dict[tuple[str, str, str], object] = {}   # (name, equations hash, dtype) -> CudaKernels
+_compiled: dict[tuple, object] = {}   # (name, equations hash, dtype) [, LaunchConfig] -> CudaKernels
 
 
 def compile_cell(cell: Cell, dtype="float32", launch: LaunchConfig | None = None):
@@ -83,4 +83,9 @@ def compile_cell(cell: Cell, dtype="float32", launch: LaunchConfig | None = None
         sched, module = generated_module(cell, dtype)
         _compiled[key] = CudaKernels(sched, module, np.dtype(dtype), DEFAULT_LAUNCH)
     kernels = _compiled[key]
-    return kernels if launch is None or launch == kernels.launch else kernels.with_launch(launch)
+    if launch is None or launch == kernels.launch:
+        return kernels
+    # kept per launch config too: a CudaKernels holds per-shape state (occupancy answers, lengths)
+    if (key, launch) not in _compiled:
+        _compiled[key, launch] = kernels.with_launch(launch)
+    return _compiled[key, launch]

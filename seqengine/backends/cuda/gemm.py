@@ -23,6 +23,8 @@ wraparound code.
 
 from __future__ import annotations
 
+import functools
+
 from ...compiler.cache import load_generated_module
 
 # Default block shape: 16 x 16 threads, 8 x 8 outputs each (128 x 128 tiles of c, 64 accumulators).
@@ -161,6 +163,7 @@ def _kernel(ts: int, regs: int, trans_a: bool, trans_b: bool, aligned: bool) -> 
 GEMM_SIGNATURE = (("f", 2), ("f", 2), ("f", 3), ("i", 0))
 
 
+@functools.lru_cache(maxsize=None)
 def gemm_module(dtype: str, ts: int = GEMM_THREADS, regs: int = GEMM_REGS):
     """The loaded module of one GEMM variant (generated once per process, compiled on first launch)."""
     from numba import config

@@ -69,6 +69,9 @@ class CudaKernels:
         self.info = module.KERNELS
         self.gemm = gemm_module(self.dtype.name, launch.gemm_tile, launch.gemm_regs)
         self._resident: dict = {}   # (mode, block, shared bytes) -> blocks of a persistent kernel that fit
+        # (B, T) -> device lengths, all T. Why kept: a copy from pageable host memory on the default stream
+        # waits for the GPU's queued work, which would serialize every training step with the one before
+        self._whole_lengths: dict = {}
 
     def with_launch(self, launch: LaunchConfig) -> "CudaKernels":
         """The same compiled kernels, launched with other block shapes."""
@@ -191,10 +194,15 @@ class CudaKernels:
         device_x = self._device(x, "x", stream)
         T, B, D = device_x.shape
         H = next(iter(state0.values())).shape[1]
-        host_lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(
-            lengths.copy_to_host() if is_device_array(lengths) else lengths, dtype=np.int64)
-        device_lengths = self._upload(host_lengths, stream)
-        if host_lengths.min() < T:   # padding never reaches the weight GEMMs, even if it is NaN
+        if lengths is None:   # every sequence whole: one device copy per (B, T), kept (kernels only read it)
+            host_lengths = None
+            if (B, T) not in self._whole_lengths:
+                self._whole_lengths[B, T] = self._upload(np.full(B, T, np.int64), stream)
+            device_lengths = self._whole_lengths[B, T]
+        else:
+            host_lengths = np.asarray(lengths.copy_to_host() if is_device_array(lengths) else lengths, dtype=np.int64)
+            device_lengths = self._upload(host_lengths, stream)
+        if host_lengths is not None and host_lengths.min() < T:   # padding never reaches the weight GEMMs, even if NaN
             masked = self._empty((T, B, D), stream)
             self.module.mask_padding_kernel[(_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream](
                 device_x, device_lengths, masked)
