@@ -59,14 +59,18 @@ class Schedule:
     def operand_groups(self):
         return [g for g in self.groups if g.kind == "value"]
 
-    def x_adjoint_rows(self, H: int) -> list[tuple[MatvecGroup, int, int]]:
-        """(group, lo, hi) for each of `x_adjoint_groups`: its d_prod is the adjoint of the x products of
-        rows lo:hi of the stacked x weights [Gx*H, D] (where both backends take dW_x and dx from)."""
+    def x_adjoint_sources(self, H: int) -> list[tuple[str, int, int]]:
+        """(array, lo, hi): backward's array holding the adjoints of the x products of rows lo:hi of the
+        stacked x weights [Gx*H, D], where both backends take dW_x and dx from. Each of
+        `x_adjoint_groups` gives its `d_prod_<g>` (the backends share the x adjoints:
+        KernelPlan.share_x_adjoint); without such groups, `d_x_proj` holds them all. Empty: no x group."""
+        if self.x_group is None:
+            return []
         rows, lo = [], 0
         for g in self.x_adjoint_groups:
-            rows.append((g, lo, lo + len(g.members) * H))
+            rows.append((f"d_prod_{g.name}", lo, lo + len(g.members) * H))
             lo += len(g.members) * H
-        return rows
+        return rows or [("d_x_proj", 0, len(self.x_group.members) * H)]
 
 
 def schedule(graph: Graph, recompute: bool = False) -> Schedule:

@@ -324,10 +324,9 @@ class CpuKernels:
         # weight gradients, per window: adjoint^T @ operand, one call per adjoint array (the x products
         # and a group that shares their adjoint transpose it once for both)
         products = {}                # id(adjoint) -> (adjoint [W, B, k*H], [(operand [T, B, in], gradient rows)])
-        x_parts = []                 # (adjoint [W, B, k*H], rows lo:hi of W_x): the x products' adjoints
+        # (adjoint [W, B, k*H], rows lo:hi of W_x): the x products' adjoints (none without x products)
+        x_parts = [(a[name], lo, hi) for name, lo, hi in s.x_adjoint_sources(H)]
         if s.x_group is not None:
-            x_parts = ([(a[f"d_prod_{grp.name}"], lo, hi) for grp, lo, hi in s.x_adjoint_rows(H)]
-                       or [(a["d_x_proj"], 0, len(s.x_group.members) * H)])
             x_grads = stacked_grads[tuple(s.x_group.matrices)]
             for adjoint, lo, hi in x_parts:
                 products.setdefault(id(adjoint), (adjoint, []))[1].append((x, x_grads[lo:hi]))

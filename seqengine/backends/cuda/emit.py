@@ -593,6 +593,13 @@ class CudaEmitter(KernelPlan):
             w("return")
 
 
+def typed_names(dtype: str) -> list[str]:
+    """Lines of a generated module naming its float type (F; FT as a Numba type) and the unsigned index
+    cast (U), which every generated kernel indexes with."""
+    return [f"F = np.{dtype}", "U = np.uint64   # an index that cannot be negative: no wraparound code",
+            f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays"]
+
+
 def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
     """The source of the kernel module, and a description of its kernels for the runtime:
     ``{"forward_train": (kernel names per segment, args), "forward_infer": ..., "backward": (names in
@@ -619,7 +626,7 @@ def emit_module(sched: Schedule, dtype: str, doc: str = "") -> tuple[str, dict]:
     }
     parts = [f'"""seqengine CUDA kernels for cell {g.cell!r} ({dtype}). Generated; do not edit.\n\n{doc}\n"""',
              "import math", "", "import numpy as np", "from numba import cuda", "",
-             f"F = np.{dtype}", "U = np.uint64   # an index that cannot be negative: no wraparound code", f"FT = cuda.{dtype}   # F as a Numba type, for shared arrays", "", f"KERNELS = {info!r}", "",
+             *typed_names(dtype), "", f"KERNELS = {info!r}", "",
              "# Step kernels promise the compiler at most STEP_MAX_THREADS threads a block, so it keeps each",
              "# thread's registers within what such a block may use (a block that asks for more fails to launch).",
              "try:",

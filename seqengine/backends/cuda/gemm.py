@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 from ...compiler.cache import load_generated_module
+from .emit import typed_names
 
 # Default block shape: 16 x 16 threads, 8 x 8 outputs each (128 x 128 tiles of c, 64 accumulators).
 GEMM_THREADS = 16
@@ -56,8 +57,7 @@ def gemm_kernel_source(ts: int = GEMM_THREADS, regs: int = GEMM_REGS, dtype: str
     """
     parts = [f'"""seqengine GEMM kernels: {ts} x {ts} threads, {regs} x {regs} outputs each, {dtype}. '
              'Generated; do not edit."""',
-             "import numpy as np", "from numba import cuda", "",
-             f"F = np.{dtype}", f"FT = cuda.{dtype}", "U = np.uint64   # an index that cannot be negative: no wraparound code"]
+             "import numpy as np", "from numba import cuda", "", *typed_names(dtype)]
     for trans_a in (False, True):
         for trans_b in (False, True):
             parts += ["", "", _kernel(ts, regs, trans_a, trans_b, aligned)]
@@ -113,22 +113,22 @@ def _kernel(ts: int, regs: int, trans_a: bool, trans_b: bool, aligned: bool) -> 
     L += [f"    row{r} = U({rows[r]})" for r in range(regs)]
     L += [f"    col{q} = U({cols[q]})" for q in range(regs)]
     L += [f"    acc_{r}_{q} = F(0.0)" for r, q in rq]
-    a_at = "a[U(k0 + ka{i}), U(m0 + ma{i})]" if trans_a else "a[U(m0 + ma{i}), U(k0 + ka{i})]"
-    b_at = "b[U(n0 + nb{i}), U(k0 + kb{i})]" if trans_b else "b[U(k0 + kb{i}), U(n0 + nb{i})]"
+    # per operand: its register, its element i, where the block's tile is inside it, element i's bounds
+    operands = [("va", "a[U(k0 + ka{i}), U(m0 + ma{i})]" if trans_a else "a[U(m0 + ma{i}), U(k0 + ka{i})]",
+                 "a_inside", "m0 + ma{i} < M and k0 + ka{i} < K"),
+                ("vb", "b[U(n0 + nb{i}), U(k0 + kb{i})]" if trans_b else "b[U(k0 + kb{i}), U(n0 + nb{i})]",
+                 "b_inside", "n0 + nb{i} < N and k0 + kb{i} < K")]
 
     def stage_loads(indent: str) -> list[str]:
         """Load the stage at depth k0 into registers va<i>, vb<i> (zero outside the matrices); a stage
         inside both matrices (every stage of an interior block but a slice's last) skips the checks."""
-        out = [f"{indent}if a_inside and k0 + {ts} <= K:"]
-        out += [f"{indent}    va{i} = {a_at.format(i=i)}" for i in range(per_thread)]
-        out += [f"{indent}else:"]
-        out += [f"{indent}    va{i} = {a_at.format(i=i)} if m0 + ma{i} < M and k0 + ka{i} < K else F(0.0)"
-                for i in range(per_thread)]
-        out += [f"{indent}if b_inside and k0 + {ts} <= K:"]
-        out += [f"{indent}    vb{i} = {b_at.format(i=i)}" for i in range(per_thread)]
-        out += [f"{indent}else:"]
-        out += [f"{indent}    vb{i} = {b_at.format(i=i)} if n0 + nb{i} < N and k0 + kb{i} < K else F(0.0)"
-                for i in range(per_thread)]
+        out = []
+        for register, at, inside, bounds in operands:
+            out += [f"{indent}if {inside} and k0 + {ts} <= K:"]
+            out += [f"{indent}    {register}{i} = {at.format(i=i)}" for i in range(per_thread)]
+            out += [f"{indent}else:"]
+            out += [f"{indent}    {register}{i} = {at.format(i=i)} if {bounds.format(i=i)} else F(0.0)"
+                    for i in range(per_thread)]
         return out
 
     L += [f"    a_inside = m0 + {tile} <= M   # the block's rows of op(a) are all inside it",

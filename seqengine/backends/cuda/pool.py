@@ -52,7 +52,7 @@ class DevicePool:
 
     # -- the decision to pool ------------------------------------------------------
     def _start(self) -> bool:
-        from numba import config
+        from numba import config, cuda
         if config.ENABLE_CUDASIM or os.environ.get("SEQENGINE_CUDA_POOL", "1") == "0":
             return False
         try:
@@ -61,13 +61,10 @@ class DevicePool:
         except ImportError:
             return False
         if self._allocate is None:
-            from numba import cuda
             self._allocate = lambda nbytes: cuda.device_array(nbytes, np.uint8)
         if self.limit_bytes is None:
-            from numba import cuda
             self.limit_bytes = cuda.current_context().get_memory_info().total // 4
         if self._current_context is None:
-            from numba import cuda
             self._current_context = cuda.current_context
         return True
 

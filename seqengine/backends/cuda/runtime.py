@@ -195,14 +195,13 @@ class CudaKernels:
         T, B, D = device_x.shape
         H = next(iter(state0.values())).shape[1]
         if lengths is None:   # every sequence whole: one device copy per (B, T), kept (kernels only read it)
-            host_lengths = None
             if (B, T) not in self._whole_lengths:
                 self._whole_lengths[B, T] = self._upload(np.full(B, T, np.int64), stream)
-            device_lengths = self._whole_lengths[B, T]
+            device_lengths, padded = self._whole_lengths[B, T], False
         else:
             host_lengths = np.asarray(lengths.copy_to_host() if is_device_array(lengths) else lengths, dtype=np.int64)
-            device_lengths = self._upload(host_lengths, stream)
-        if host_lengths is not None and host_lengths.min() < T:   # padding never reaches the weight GEMMs, even if NaN
+            device_lengths, padded = self._upload(host_lengths, stream), host_lengths.min() < T
+        if padded:   # padding never reaches the weight GEMMs, even if it is NaN
             masked = self._empty((T, B, D), stream)
             self.module.mask_padding_kernel[(_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream](
                 device_x, device_lengths, masked)
@@ -305,8 +304,7 @@ class CudaKernels:
                 grads[p] = d_vec[k]
         if s.x_group is not None:
             kx = len(s.x_group.members) * H
-            parts = ([(a[f"d_prod_{grp.name}"].reshape(T * B, hi - lo), lo, hi) for grp, lo, hi in s.x_adjoint_rows(H)]
-                     or [(a["d_x_proj"].reshape(T * B, kx), 0, kx)])          # [T*B, Gx*H]
+            parts = [(a[name].reshape(T * B, hi - lo), lo, hi) for name, lo, hi in s.x_adjoint_sources(H)]
             x2 = x.reshape(T * B, D)
             d_wx = self._empty((kx, D), stream)
             dx = self._empty((T * B, D), stream)
