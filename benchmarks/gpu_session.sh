@@ -44,7 +44,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 stage() {   # stage NAME COMMAND...: run it, its output also in OUT/NAME.txt; say if it failed, go on
     local name=$1; shift
     echo "== $name: $*"
+    local start=$SECONDS
     { "$@" 2>&1 || echo "== $name FAILED (exit $?)"; } | tee "$OUT/$name.txt"
+    echo "== $name: $((SECONDS - start)) s"
 }
 stage gemm python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" \
     --square "$GEMM_SQUARE" --repeats "$REPEATS"
