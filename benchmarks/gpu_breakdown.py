@@ -1,7 +1,7 @@
 """Where one CUDA training step's time goes: the runtime's GEMMs, weight stacking, step kernels and
 the rest, each part bracketed by device synchronisations (median of `--repeats` steps, one process).
 
-    python benchmarks/gpu_breakdown.py [cells] [TxBxH ...] [--repeats N] [--launches 32x4x4,32x2x8]
+    python benchmarks/gpu_breakdown.py [cells] [TxBxH ...] [--repeats N] [--launches 32x4x4,32x2x8] [--profile N]
     # default: lstm,gru_cho,rnn at 200x8x64 100x64x256 50x16x512, 10 steps, the default LaunchConfig
 
 `--launches` lists step-kernel block shapes, units x rows x splits (`LaunchConfig`), each run in turn;
@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import io
+import os
+import pstats
 import statistics
 import time
 
@@ -67,9 +71,13 @@ def main():
     ap.add_argument("cells", nargs="?", default="lstm,gru_cho,rnn")
     ap.add_argument("shapes", nargs="*", default=["200x8x64", "100x64x256", "50x16x512"])
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--launches", default="", help="step block shapes units x rows x splits, comma-separated")
+    ap.add_argument("--launches", default="", help="step block shapes units x rows x splits, comma-separated "
+                    "(default, or 'auto' in the list: the default LaunchConfig, which picks rows and splits per shape)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile the host over N steps as run (cProfile: top functions by own time)")
     opts = ap.parse_args()
-    launches = [LaunchConfig(*(int(v) for v in spec.split("x"))) for spec in opts.launches.split(",") if spec] or [None]
+    launches = [None if spec == "auto" else LaunchConfig(*(int(v) for v in spec.split("x")))
+                for spec in opts.launches.split(",") if spec] or [None]
     global synced
     for name in opts.cells.split(","):
         cell = get_cell(name)
@@ -109,10 +117,28 @@ def main():
                     parts["  " + k].append(v)
                 parts["  rest"].append(f + b - sum(spent.values()))
             synced = False
-            shown = kernels.launch
-            print(f"== {name} {T}x{B}x{H}, steps in blocks of {shown.units} x {shown.rows} x {shown.splits} threads")
+            u, r, z = kernels.launch.step_block(B, H, kernels.multiprocessors())
+            print(f"== {name} {T}x{B}x{H}, steps in blocks of {u} x {r} x {z} threads")
             for k, v in parts.items():
                 print(f"  {k:34s} {1e3 * statistics.median(v):8.3f} ms")
+            if opts.profile:
+                host_profile(step, opts.profile)
+
+
+def host_profile(step, repeats: int, top: int = 25):
+    """The host's time in a training step, by function (cProfile over `repeats` steps as run): where
+    a step's Python, numba-cuda dispatch and driver calls go. The GPU overlaps all but the waits."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(repeats):
+        step()
+    profile.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats("seqengine|launch|dispatcher", top)
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())
+          .replace(os.path.dirname(np.__file__).rsplit("/", 1)[0] + "/", ""))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@
 #    of cuDNN at 100x64x256). The CPU seqengine column there is only the reference the GPU results are
 #    checked against, so it runs on one Numba thread (no CPU team kernels to compile);
 # 5. takes a training step apart (benchmarks/gpu_breakdown.py) at BREAKDOWN_SHAPES for BREAKDOWN_CELLS,
-#    for each step block shape in LAUNCHES (units x rows x splits).
+#    for each step block shape in LAUNCHES (units x rows x splits, or auto: the default's choice per
+#    shape), and with PROFILE=N profiles the host over N steps of each (cProfile).
+# STAGES picks the stages and their order (default "gemm bench breakdown"); MODES the bench's modes.
 # The targets' grid runs before the breakdown, and a failing stage does not stop the next: what a
 # device session left in OUT comes back even when its time runs out (each stage writes as it goes).
 set -uo pipefail
@@ -27,7 +29,10 @@ REPEATS=${REPEATS:-3}
 GEMM_VARIANTS=${GEMM_VARIANTS:-16x8,16x4,8x8}
 GEMM_SHAPES=${GEMM_SHAPES:-100x64x256,50x16x512}
 GEMM_SQUARE=${GEMM_SQUARE:-4096}
-LAUNCHES=${LAUNCHES:-32x4x4,32x2x8,16x4x8}
+LAUNCHES=${LAUNCHES:-auto,32x4x4,32x2x8,16x4x8}
+PROFILE=${PROFILE:-0}
+MODES=${MODES:-train}
+STAGES=${STAGES:-"gemm bench breakdown"}
 
 shim=$(mktemp -d)
 cat > "$shim/sitecustomize.py" <<'PY'
@@ -48,11 +53,16 @@ stage() {   # stage NAME COMMAND...: run it, its output also in OUT/NAME.txt; sa
     { "$@" 2>&1 || echo "== $name FAILED (exit $?)"; } | tee "$OUT/$name.txt"
     echo "== $name: $((SECONDS - start)) s"
 }
-stage gemm python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" \
-    --square "$GEMM_SQUARE" --repeats "$REPEATS"
-stage bench env NUMBA_NUM_THREADS=1 python3 -m seqengine.cli bench --gpu --impls seqengine --cells "$CELLS" \
-    --shapes "$SHAPES" --modes train --repeats "$REPEATS" --warmup 1 --no-compile --no-memory --no-plot \
-    --out "$OUT/bench"
-# shellcheck disable=SC2086  # the shapes are separate arguments
-stage breakdown python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES --repeats "$REPEATS" \
-    --launches "$LAUNCHES"
+for name in $STAGES; do
+    case $name in
+    gemm) stage gemm python3 benchmarks/gpu_gemm.py --variants "$GEMM_VARIANTS" --shapes "$GEMM_SHAPES" \
+              --square "$GEMM_SQUARE" --repeats "$REPEATS" ;;
+    bench) stage bench env NUMBA_NUM_THREADS=1 python3 -m seqengine.cli bench --gpu --impls seqengine \
+               --cells "$CELLS" --shapes "$SHAPES" --modes "$MODES" --repeats "$REPEATS" --warmup 1 --no-compile \
+               --no-memory --no-plot --out "$OUT/bench" ;;
+    # shellcheck disable=SC2086  # the shapes are separate arguments
+    breakdown) stage breakdown python3 benchmarks/gpu_breakdown.py "$BREAKDOWN_CELLS" $BREAKDOWN_SHAPES \
+                   --repeats "$REPEATS" --launches "$LAUNCHES" --profile "$PROFILE" ;;
+    *) echo "gpu_session.sh: unknown stage '$name' in STAGES (expected gemm, bench, breakdown)"; exit 2 ;;
+    esac
+done

@@ -63,3 +63,29 @@ def test_launch_config_rejects_blocks_that_cannot_launch(kwargs, named):
     from seqengine.backends.cuda.config import LaunchConfig
     with pytest.raises(ValueError, match=named.replace("*", r"\*")):
         LaunchConfig(**kwargs)
+
+
+@pytest.mark.parametrize("B,H,chosen", [
+    (64, 256, (32, 4, 4)),    # 8 x 16 = 128 tiles of 4 rows fit 132 SMs; 2 rows would make 256
+    (16, 512, (32, 2, 8)),    # 4 rows: 16 x 4 = 64 tiles, half the SMs idle; 2 rows: 128
+    (8, 64, (32, 2, 8)),      # 4 vs 8 tiles: more blocks at work
+    (512, 1024, (32, 4, 4)),  # every candidate exceeds the SMs: the fewest tiles
+])
+def test_step_block_fills_the_multiprocessors(B, H, chosen):
+    """Rows and splits left open are chosen per shape: the most (units, rows) tiles that fit the SMs."""
+    from seqengine.backends.cuda.config import LaunchConfig
+    u, r, z = LaunchConfig().step_block(B, H, multiprocessors=132)
+    assert (u, r, z) == chosen
+    tiles = -(-H // u) * -(-B // r)
+    assert u * r * z == 512
+    assert tiles <= 132 or r == 4
+
+
+@pytest.mark.parametrize("kwargs,block", [
+    (dict(rows=4, splits=2), (32, 4, 2)),   # both given: used as given
+    (dict(rows=8), (32, 8, 2)),             # one given: the other fills 512 threads
+    (dict(units=16, splits=4), (16, 8, 4)),
+])
+def test_step_block_keeps_what_the_config_fixes(kwargs, block):
+    from seqengine.backends.cuda.config import LaunchConfig
+    assert LaunchConfig(**kwargs).step_block(16, 512, multiprocessors=132) == block

@@ -24,6 +24,8 @@ class LaunchConfig:
     rows:  threads along the batch rows of a step kernel (blockDim.y).
     splits: threads along the sum of a step's products (blockDim.z): slice z adds the operand tiles
             z, z + splits, ...; the partial sums meet in shared memory. More loads in flight per SM.
+           rows and splits left None are chosen per call from (B, H) by `step_block` (a block of
+           STEP_MAX_THREADS threads); one given alone fixes the other to fill such a block.
     persistent: run all steps of a forward or backward in one cooperative launch (blocks meet at a
                 grid barrier after each segment) instead of one launch per step and segment.
     gemm_tile: threads along each side of a block of the hoisted and deferred GEMM kernels, and the
@@ -34,18 +36,20 @@ class LaunchConfig:
     """
 
     units: int = 32
-    rows: int = 4
-    splits: int = 4
+    rows: int | None = None
+    splits: int | None = None
     gemm_tile: int = 16
-    gemm_regs: int = 8
+    gemm_regs: int = 4
     persistent: bool = True
 
     def __post_init__(self):
         for name in ("units", "rows", "splits", "gemm_tile", "gemm_regs"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"LaunchConfig.{name} must be >= 1")
-        if self.units * self.rows * self.splits > STEP_MAX_THREADS:
-            raise ValueError(f"LaunchConfig: units * rows * splits = {self.units * self.rows * self.splits}; a step "
+        rows, splits = self.rows or 1, self.splits or 1
+        if self.units * rows * splits > STEP_MAX_THREADS:
+            raise ValueError(f"LaunchConfig: units * rows * splits = {self.units * rows * splits}; a step "
                              f"kernel's block has at most {STEP_MAX_THREADS} threads (its launch bound)")
         if self.gemm_tile ** 2 > 1024:
             raise ValueError(f"LaunchConfig: gemm_tile ** 2 = {self.gemm_tile ** 2}; "
@@ -54,5 +58,33 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.gemm_regs = {self.gemm_regs}; at most 8 (8 x 8 = 64 accumulators "
                              "a thread already fill half of its registers)")
 
+
+    def step_block(self, B: int, H: int, multiprocessors: int) -> tuple[int, int, int]:
+        """(units, rows, splits) of the step kernels for a batch of B rows and H units.
+
+        Rows and splits not fixed by the config: rows from `AUTO_ROWS`, splits filling a block of
+        STEP_MAX_THREADS, choosing the candidate whose (units, rows) tile count is the largest that
+        does not exceed the multiprocessors (a block of 512 threads at ~128 registers fills an SM, and
+        a persistent kernel's blocks walk the tiles: more tiles than SMs means a second wave a step;
+        fewer leave SMs idle). Ties and all-too-many go to more rows (fewer splits: less partial-sum
+        traffic). Measured on an H200 (RESULTS.md, session 8): 100x64x256 -> 32x4x4 (128 tiles),
+        50x16x512 and 200x8x64 -> 32x2x8.
+        """
+        u = self.units
+        if self.rows is not None and self.splits is not None:
+            return u, self.rows, self.splits
+        if self.rows is not None:
+            return u, self.rows, max(1, STEP_MAX_THREADS // (u * self.rows))
+        if self.splits is not None:
+            return u, max(1, STEP_MAX_THREADS // (u * self.splits)), self.splits
+        candidates = [r for r in AUTO_ROWS if u * r <= STEP_MAX_THREADS] or [1]
+        tiles = {r: -(-H // u) * -(-B // r) for r in candidates}
+        fitting = [r for r in candidates if tiles[r] <= multiprocessors]
+        rows = max(fitting, key=lambda r: (tiles[r], r)) if fitting else max(candidates)
+        return u, rows, max(1, STEP_MAX_THREADS // (u * rows))
+
+
+# Rows a step block may have when the config leaves them open (see LaunchConfig.step_block).
+AUTO_ROWS = (4, 2)
 
 DEFAULT_LAUNCH = LaunchConfig()

@@ -51,10 +51,9 @@ def is_device_array(a) -> bool:
     return cuda.devicearray.is_cuda_ndarray(a) or hasattr(a, "__cuda_array_interface__")
 
 
-# Split a GEMM's sum over K until it has about this many blocks (an H100/H200 has 132 SMs; a block of the
-# default 16x8 GEMM uses 127-152 registers a thread, so one or two fit an SM at a time), keeping at
-# least GEMM_MIN_SLICE_TILES depth stages per slice. Tuned for session 4's 64 x 64 tiles; to revisit
-# with benchmarks/gpu_gemm.py on a device.
+# Split a GEMM's sum over K until it has about this many blocks (an H100/H200 has 132 SMs), keeping at
+# least GEMM_MIN_SLICE_TILES depth stages per slice. Tuned for 64 x 64 tiles (session 4's kernel, and
+# the default 16 x 16 threads of 4 x 4 outputs since session 8).
 GEMM_BLOCKS_WANTED = 512
 GEMM_MIN_SLICE_TILES = 8
 
@@ -72,6 +71,7 @@ class CudaKernels:
         # (B, T) -> device lengths, all T. Why kept: a copy from pageable host memory on the default stream
         # waits for the GPU's queued work, which would serialize every training step with the one before
         self._whole_lengths: dict = {}
+        self._multiprocessors = None   # the GPU's SM count, asked once (step_block's choice)
 
     def with_launch(self, launch: LaunchConfig) -> "CudaKernels":
         """The same compiled kernels, launched with other block shapes."""
@@ -142,9 +142,15 @@ class CudaKernels:
     def _step_launch(self, B: int, H: int):
         """Grid, block and shared bytes of a step kernel: blocks of (units, rows, splits) threads over the
         (units, rows) tiles; shared memory holds the operand tiles, then each product's partial sums."""
-        u, r, z = self.launch.units, self.launch.rows, self.launch.splits
+        u, r, z = self.launch.step_block(B, H, self.multiprocessors())
         products = max((len(grp.members) for grp in self.sched.groups), default=0)
         return (_blocks(H, u), _blocks(B, r)), (u, r, z), u * r * z * (1 + products) * self.dtype.itemsize
+
+    def multiprocessors(self) -> int:
+        """The current GPU's multiprocessor count (132 under the simulator, which has none: an H100's)."""
+        if self._multiprocessors is None:
+            self._multiprocessors = getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", None) or 132
+        return self._multiprocessors
 
     def _persistent(self, mode: str, args, arrays, steps: int, B: int, H: int, stream) -> bool:
         """Run every step of `mode` in one cooperative launch of its persistent kernel (blocks walk the
