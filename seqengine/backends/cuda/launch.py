@@ -1,21 +1,30 @@
-"""Launch one kernel many times with the same arguments except the step index ``t``.
+"""Kernel launches that bypass numba-cuda's dispatcher once a kernel is compiled.
 
 Why: numba-cuda's dispatcher types every argument and marshals every array (seven values each) on
 every launch. On an H200 that cost 21 us for a 4-argument kernel and 83 us for a 20-array one
-(session 3, `RESULTS.md`), while the step kernels themselves run for a few microseconds; a training
-step launches its step kernels 2T times with the same arrays. `StepLaunch` does the typing and the
-marshalling once, on the first launch, and then hands the prepared argument list straight to
-``cuda.core.launch`` with only ``t`` replaced.
+(session 3, `RESULTS.md`), while the step kernels themselves run for a few microseconds, and a
+training call's host work bounds it at the smaller shapes (session 8: numba-cuda's launch path was
+about half of the host's time in a step of rnn at 50x16x512).
 
-The binding reads numba-cuda internals (``overloads``, ``_prepare_args``, the code library's cufunc).
-Where they are missing or differ (the CUDA simulator, another numba-cuda version, a debug build)
-`StepLaunch` keeps launching through the dispatcher: slower, never wrong. ``bound`` says which.
+- `StepLaunch`: one kernel launched many times with the same arguments except the step index ``t``
+  (the step loop): typed and marshalled once, then only ``t`` is replaced.
+- `launch` (a `Launcher`): any kernel with any arguments. The compiled kernel is looked up once per
+  (kernel, argument kinds) and the arguments marshalled by a few lines of Python (the values
+  numba-cuda would pass; checked against its own marshalling when a kernel is first bound).
+
+Both read numba-cuda internals (``overloads``, ``_prepare_args``, the code library's cufunc). Where they
+are missing or differ (the CUDA simulator, another numba-cuda version, a debug build) they launch
+through the dispatcher: slower, never wrong. ``SEQENGINE_CUDA_DIRECT=0`` sends `launch` through the
+dispatcher always.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import os
+
+import numpy as np
 
 
 class StepLaunch:
@@ -50,20 +59,14 @@ class StepLaunch:
 
     def _bind(self):
         """The prepared launch, or None where this numba-cuda cannot be bound (see module docstring)."""
-        try:
-            from numba.cuda import types
-            from numba.cuda.dispatcher import CUDA_CORE_GE_1_0, LaunchConfig, launch
-        except ImportError:          # the simulator, or a numba-cuda without cuda.core launches
+        kernel = compiled_kernel(self.dispatcher, self.configured, self.args)
+        if kernel is None:
             return None
-        d, cfg = self.dispatcher, self.configured
-        if not hasattr(d, "typeof_pyval") or not hasattr(cfg, "pre_launch_callbacks"):   # the simulator
+        from numba.cuda import types
+        from numba.cuda.dispatcher import launch
+        if kernel.argument_types[self.t_position] != types.int64:
             return None
-        if getattr(d, "_launch_config_sensitive", False) or cfg.pre_launch_callbacks:
-            return None
-        argtypes = tuple(d.typeof_pyval(a) for a in self.args)
-        kernel = d.overloads.get(argtypes)
-        if kernel is None or kernel.debug or kernel.argument_types[self.t_position] != types.int64:
-            return None
+        cfg = self.configured
         kernel_args, written_back, t_index = [], [], None
         for k, (ty, value) in enumerate(zip(kernel.argument_types, self.args)):
             if k == self.t_position:
@@ -71,10 +74,164 @@ class StepLaunch:
             kernel._prepare_args(ty, value, cfg.stream, written_back, kernel_args)
         if written_back:             # a host array was copied in: it must be copied on every launch
             return None
-        shape = dict(grid=cfg.griddim, block=cfg.blockdim, shmem_size=cfg.sharedmem)
-        shape["is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch"] = kernel.cooperative
-        return (launch, cfg.stream, LaunchConfig(**shape), kernel._codelibrary.get_cufunc().kernel,
-                kernel_args, t_index)
+        config = core_launch_config(cfg.griddim, cfg.blockdim, cfg.sharedmem, kernel.cooperative)
+        return launch, cfg.stream, config, kernel._codelibrary.get_cufunc().kernel, kernel_args, t_index
+
+
+def compiled_kernel(dispatcher, configured, args):
+    """The compiled kernel that `configured` (``dispatcher[grid, block, stream, shared]``) launched for
+    `args`, where its launches can bypass the dispatcher; else None (the simulator, a numba-cuda
+    without cuda.core launches, launch-config-sensitive or debug kernels, argument extensions)."""
+    try:
+        from numba.cuda.dispatcher import launch  # noqa: F401  (cuda.core launches)
+    except ImportError:
+        return None
+    if not hasattr(dispatcher, "typeof_pyval") or not hasattr(configured, "pre_launch_callbacks"):
+        return None
+    if getattr(dispatcher, "_launch_config_sensitive", False) or configured.pre_launch_callbacks:
+        return None
+    kernel = dispatcher.overloads.get(tuple(dispatcher.typeof_pyval(a) for a in args))
+    if kernel is None or kernel.debug or getattr(kernel, "extensions", None):
+        return None
+    return kernel
+
+
+def core_launch_config(griddim, blockdim, sharedmem: int, cooperative: bool):
+    """cuda.core's launch configuration (its keyword for cooperative launches changed in cuda.core 1.0)."""
+    from numba.cuda.dispatcher import CUDA_CORE_GE_1_0, LaunchConfig
+    shape = dict(grid=griddim, block=blockdim, shmem_size=sharedmem)
+    shape["is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch"] = cooperative
+    return LaunchConfig(**shape)
+
+
+def _dims(d) -> tuple:
+    d = (d,) if isinstance(d, int) else tuple(d)
+    return d + (1,) * (3 - len(d))
+
+
+class Launcher:
+    """``launch(kernel, grid, block, stream, shared, *args)`` = ``kernel[grid, block, stream, shared](*args)``.
+
+    The first launch of a kernel with a given kind of arguments goes through the dispatcher (which
+    compiles it); if the compiled kernel can be bypassed and this module's marshalling of the
+    arguments equals numba-cuda's, later launches with arguments of the same kinds go straight to
+    ``cuda.core.launch``. Kinds: Python ints (int64), NumPy float scalars, tuples of kinds, and
+    C-contiguous non-empty Numba device arrays by (dtype, ndim); anything else always takes the
+    dispatcher. Also skipped that way: numba-cuda's low-occupancy warning, which every launch of
+    a small grid would raise (the step kernels' grids are sized to the problem on purpose).
+    """
+
+    def __init__(self):
+        self._array_class = None    # numba-cuda's DeviceNDArray; False where it has none (the simulator)
+        self._kernels: dict = {}    # (dispatcher, kinds) -> (cufunc kernel, cooperative) or None
+        self._configs: dict = {}    # (grid, block, shared, cooperative) -> cuda.core LaunchConfig
+        self._streams: dict = {}    # the stream argument -> numba-cuda's cuda.core stream object
+
+    def __call__(self, dispatcher, griddim, blockdim, stream, sharedmem, *args) -> None:
+        if self._array_class is None:
+            try:
+                from numba.cuda.cudadrv.devicearray import DeviceNDArray as array_class
+            except ImportError:
+                array_class = False
+            if os.environ.get("SEQENGINE_CUDA_DIRECT", "1") == "0":
+                array_class = False
+            self._array_class = array_class
+        kinds = _kinds(args, self._array_class) if self._array_class else None
+        bound = self._kernels.get((dispatcher, kinds)) if kinds is not None else None
+        if bound is None:
+            self._through_dispatcher(dispatcher, griddim, blockdim, stream, sharedmem, args, kinds)
+            return
+        cufunc, cooperative = bound
+        key = (griddim, blockdim, sharedmem, cooperative)
+        config = self._configs.get(key)
+        if config is None:
+            config = self._configs[key] = core_launch_config(_dims(griddim), _dims(blockdim), sharedmem, cooperative)
+        kernel_args: list = []
+        _marshal(args, kernel_args)
+        self._core_launch(self._streams[stream], config, cufunc, *kernel_args)
+
+    def _through_dispatcher(self, dispatcher, griddim, blockdim, stream, sharedmem, args, kinds):
+        configured = dispatcher[griddim, blockdim, stream, sharedmem]
+        configured(*args)
+        if kinds is None or (dispatcher, kinds) in self._kernels:
+            return
+        self._kernels[dispatcher, kinds] = None
+        kernel = compiled_kernel(dispatcher, configured, args)
+        if kernel is None:
+            return
+        expected, written_back = [], []
+        for ty, value in zip(kernel.argument_types, args):
+            kernel._prepare_args(ty, value, configured.stream, written_back, expected)
+        ours: list = []
+        _marshal(args, ours)
+        if written_back or [_value(v) for v in ours] != [_value(v) for v in expected]:
+            return                   # another numba-cuda's marshalling: keep the dispatcher
+        from numba.cuda.dispatcher import launch
+        self._core_launch = launch
+        self._streams.setdefault(stream, configured.stream)
+        self._kernels[dispatcher, kinds] = (kernel._codelibrary.get_cufunc().kernel, kernel.cooperative)
+
+
+def _kinds(args, array_class):
+    """What selects the compiled kernel for `args` (see Launcher), or None: use the dispatcher.
+    `array_class`: numba-cuda's DeviceNDArray."""
+    kinds = []
+    for a in args:
+        t = type(a)
+        if t is int:
+            kinds.append(int)
+        elif isinstance(a, np.floating):
+            kinds.append(t)
+        elif t is tuple:
+            inner = _kinds(a, array_class)
+            if inner is None:
+                return None
+            kinds.append(inner)
+        elif isinstance(a, array_class) and a.size and _c_contiguous(a.shape, a.strides, a.dtype.itemsize):
+            kinds.append((a.dtype, len(a.shape)))
+        else:
+            return None
+    return tuple(kinds)
+
+
+def _c_contiguous(shape, strides, itemsize: int) -> bool:
+    """numba-cuda's C_CONTIGUOUS flag for a non-empty array (dimensions of one element skipped; any
+    zero stride makes a broadcast array, typed 'A')."""
+    if 0 in strides:
+        return False
+    expected = itemsize
+    for n, stride in zip(reversed(shape), reversed(strides)):
+        if n != 1 and stride != expected:
+            return False
+        expected *= n
+    return True
+
+
+_C_SCALARS = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+
+
+def _marshal(args, out: list) -> None:
+    """Append the kernel parameters of `args` as numba-cuda passes them: an array as meminfo, parent,
+    size, itemsize, data pointer, shape, strides; an int as int64; a tuple flattened."""
+    for a in args:
+        t = type(a)
+        if t is int:
+            out.append(ctypes.c_int64(a))
+        elif t is tuple:
+            _marshal(a, out)
+        elif isinstance(a, np.floating):
+            out.append(_C_SCALARS[a.dtype](a))
+        else:
+            out += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value or 0)
+            out += a.shape
+            out += a.strides
+
+
+def _value(v):
+    return v.value if isinstance(v, ctypes._SimpleCData) else v
+
+
+launch = Launcher()
 
 
 def cooperative_blocks(dispatcher, args, blockdim, sharedmem: int) -> int:

@@ -33,7 +33,7 @@ from numba import cuda
 from ...compiler.schedule import Schedule
 from .config import DEFAULT_LAUNCH, LaunchConfig
 from .gemm import gemm_kernel_name, gemm_module
-from .launch import StepLaunch, cooperative_blocks
+from .launch import StepLaunch, cooperative_blocks, launch
 from .pool import POOL
 
 
@@ -103,7 +103,7 @@ class CudaKernels:
         a = self._empty(shape, stream)
         flat = a.reshape(-1)
         if flat.shape[0]:
-            self.module.fill_kernel[_blocks(flat.shape[0], 256), 256, stream](flat, self.dtype.type(0))
+            launch(self.module.fill_kernel, _blocks(flat.shape[0], 256), 256, stream, 0, flat, self.dtype.type(0))
         return a
 
     def _gemm(self, a, b, c, trans_a: bool, trans_b: bool, accumulate: bool, stream, slices: int | None = None):
@@ -122,21 +122,22 @@ class CudaKernels:
         if slices is None:
             slices = max(1, min(GEMM_BLOCKS_WANTED // blocks, K // (GEMM_MIN_SLICE_TILES * ts)))
         grid = (_blocks(N, tile), _blocks(M, tile), slices)
-        kernel = getattr(self.gemm, gemm_kernel_name(trans_a, trans_b))[grid, (ts, ts), stream]
+        kernel = getattr(self.gemm, gemm_kernel_name(trans_a, trans_b))
         if slices == 1:
-            kernel(a, b, c.reshape(1, M, N), int(accumulate))
+            launch(kernel, grid, (ts, ts), stream, 0, a, b, c.reshape(1, M, N), int(accumulate))
             return
         parts = self._empty((slices, M, N), stream)
-        kernel(a, b, parts, 0)
-        self.module.sum_slices_kernel[(_blocks(N, 16), _blocks(M, 16)), (16, 16), stream](parts, c, int(accumulate))
+        launch(kernel, grid, (ts, ts), stream, 0, a, b, parts, 0)
+        launch(self.module.sum_slices_kernel, (_blocks(N, 16), _blocks(M, 16)), (16, 16), stream, 0,
+               parts, c, int(accumulate))
 
     def _stack(self, params, names, transpose: bool, stream):
         """[k*H, in] = [P_1; ...; P_k] (or its transpose [in, k*H]) on the device, in one launch."""
         mats = tuple(self._device(params[m], m, stream) for m in names)
         H, n_in = mats[0].shape
         out = self._empty((n_in, len(mats) * H) if transpose else (len(mats) * H, n_in), stream)
-        self.module.stack_kernel[(_blocks(n_in, 16), _blocks(H, 16), len(mats)), (16, 16), stream](
-            mats, out, int(transpose))
+        launch(self.module.stack_kernel, (_blocks(n_in, 16), _blocks(H, 16), len(mats)), (16, 16), stream, 0,
+               mats, out, int(transpose))
         return out
 
     def _step_launch(self, B: int, H: int):
@@ -167,7 +168,7 @@ class CudaKernels:
         blocks = min(grid[0] * grid[1], self._resident[key])
         if blocks < 1:
             return False
-        kernel[blocks, block, stream, shmem](*call)
+        launch(kernel, blocks, block, stream, shmem, *call)
         return True
 
     def _step_launches(self, names, args, arrays, B: int, H: int, stream) -> list[StepLaunch]:
@@ -209,8 +210,8 @@ class CudaKernels:
             device_lengths, padded = self._upload(host_lengths, stream), host_lengths.min() < T
         if padded:   # padding never reaches the weight GEMMs, even if it is NaN
             masked = self._empty((T, B, D), stream)
-            self.module.mask_padding_kernel[(_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream](
-                device_x, device_lengths, masked)
+            launch(self.module.mask_padding_kernel, (_blocks(D, 16), _blocks(T * B, 16)), (16, 16), stream, 0,
+                   device_x, device_lengths, masked)
             device_x = masked
         arrays = {"lengths": device_lengths}
 
@@ -242,8 +243,8 @@ class CudaKernels:
             arrays["t"] = 0
             segments = self._step_launches(names, args, arrays, B, H, stream)
             for t in range(T):
-                for launch in segments:   # one launch per segment: a later segment reads whole rows
-                    launch(t)
+                for step_launch in segments:   # one launch per segment: a later segment reads whole rows
+                    step_launch(t)
 
         out = s.graph.output
         if training and out in s.graph.new_state.values():
@@ -255,8 +256,8 @@ class CudaKernels:
         for st in s.states:
             f = self._empty((B, H), stream)
             if training:
-                self.module.gather_final_kernel[(_blocks(H, 16), _blocks(B, 16)), (16, 16), stream](
-                    arrays[f"state_{st}"], device_lengths, f)
+                launch(self.module.gather_final_kernel, (_blocks(H, 16), _blocks(B, 16)), (16, 16), stream, 0,
+                       arrays[f"state_{st}"], device_lengths, f)
             else:
                 f.copy_to_device(arrays[f"state_{st}"][T & 1], stream=stream)
             final[st] = f
@@ -293,19 +294,19 @@ class CudaKernels:
             a["t"] = T - 1
             segments = self._step_launches(names, args, a, B, H, stream)
             for t in range(T - 1, -1, -1):
-                for launch in segments:
-                    launch(t)
+                for step_launch in segments:
+                    step_launch(t)
         init_name, init_args = self.info["initial"]
         a["t"] = -1
         grid, block, shmem = self._step_launch(B, H)
-        getattr(self.module, init_name)[grid, block, stream, shmem](*[a[n] for n in init_args])
+        launch(getattr(self.module, init_name), grid, block, stream, shmem, *[a[n] for n in init_args])
 
         # deferred weight gradients: GEMMs over all T*B rows at once
         grads = {}
         if s.graph.vectors:
             d_vec = self._empty((len(s.graph.vectors), H), stream)
-            self.module.sum_rows_kernel[(_blocks(H, 16), _blocks(len(s.graph.vectors), 16)), (16, 16), stream](
-                a["d_params"], d_vec)
+            launch(self.module.sum_rows_kernel, (_blocks(H, 16), _blocks(len(s.graph.vectors), 16)), (16, 16),
+                   stream, 0, a["d_params"], d_vec)
             for k, p in enumerate(s.graph.vectors):
                 grads[p] = d_vec[k]
         if s.x_group is not None:
@@ -355,6 +356,6 @@ class CudaKernels:
             block = stacked[k * H:(k + 1) * H]
             if m in grads:
                 n = block.size
-                self.module.add_kernel[_blocks(n, 256), 256, stream](grads[m].reshape(-1), block.reshape(-1))
+                launch(self.module.add_kernel, _blocks(n, 256), 256, stream, 0, grads[m].reshape(-1), block.reshape(-1))
             else:
                 grads[m] = block
