@@ -152,3 +152,12 @@ def test_report_has_a_column_for_every_gpu_peer(tmp_path):
              for p in ("seqengine-cuda", "torch-native-cuda", "torch-loop-cuda")]
     assert "| " + " | ".join(cells) + " |" in lstm
     assert cells[0].startswith("15.83 ")   # the run's printed median (RESULTS.md)
+
+
+def test_gpu_peers_are_compared_with_seqengine_on_the_same_device():
+    """The torch GPU peers' ratio is against seqengine-cuda (both on the GPU); seqengine-cuda's own
+    and the CPU peers' against the CPU seqengine."""
+    from seqengine.bench.runner import ratio_reference
+    assert ratio_reference("torch-native-cuda") == ratio_reference("torch-loop-cuda") == "seqengine-cuda"
+    for cpu_side in ("seqengine-cuda", "torch-native", "torch-loop", "numpy"):
+        assert ratio_reference(cpu_side) == "seqengine"

@@ -46,7 +46,8 @@ def markdown(result: dict) -> str:
         "## Run time (median, ms)",
         "",
         f"{result['settings']['repeats']} timed rounds after {result['settings']['warmup']} warm-up rounds; "
-        "implementations alternated round-robin. ratio = peer time / seqengine time (> 1: seqengine is faster). "
+        "implementations alternated round-robin. ratio = peer time / seqengine time (> 1: seqengine is faster; "
+        "the torch GPU peers (*-cuda) against seqengine-cuda, seqengine-cuda against the CPU seqengine). "
         "GFLOP/s counts GEMM FLOPs only (forward 2·T·B·(D+H)·G·H, training step 3x that); "
         "% peak is against the GEMM peak above. "
         f"Every peer was checked against seqengine before timing: max|peer - seqengine| / max|seqengine| "
@@ -147,7 +148,7 @@ def plot(result: dict, path: Path) -> bool:
         ax.bar([i + k * width for i in range(len(labels))], vals, width, label=p)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
-    ax.set_ylabel("peer time / seqengine time")
+    ax.set_ylabel("peer time / seqengine time (*-cuda: / seqengine-cuda)")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=90, fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -6,7 +6,8 @@ For each (cell, shape, mode):
      one that fails is reported and never timed;
   3. warm-up calls, then `repeats` rounds; each round times every implementation once, the order
      rotated round by round, so drift of the (shared) machine hits all of them alike;
-  4. the median per implementation, GFLOP/s of the GEMM work, and ratio = peer time / seqengine time.
+  4. the median per implementation, GFLOP/s of the GEMM work, and ratio = peer time / seqengine time
+     (the torch GPU peers: / seqengine-cuda time, `ratio_reference`).
 
 One thread pool at a time: torch runs on torch.set_num_threads(all cores), seqengine on its Numba
 threads (BLAS held to one thread inside its kernels), NumPy on its BLAS threads; the calls are
@@ -197,7 +198,7 @@ def run_case(cell: str, sh: Shape, mode: str, opts: Options, peak_gflops: float 
             ready[n]()
             times[n].append(time.perf_counter() - t0)
 
-    base = statistics.median(times["seqengine"]) if times.get("seqengine") else None
+    base = {n: statistics.median(times[n]) for n in ("seqengine", "seqengine-cuda") if times.get(n)}
     for n in names:
         med = statistics.median(times[n])
         e = rec["impls"][n]
@@ -207,9 +208,16 @@ def run_case(cell: str, sh: Shape, mode: str, opts: Options, peak_gflops: float 
             e["iqr_s"] = [q[0], q[2]]
         if peak_gflops:
             e["peak_fraction"] = e["gflops"] / peak_gflops
-        if base:
-            e["ratio"] = med / base                               # peer time / seqengine time
+        reference = ratio_reference(n)
+        if reference in base:
+            e["ratio"] = med / base[reference]                    # peer time / its seqengine's time
     return rec
+
+
+def ratio_reference(name: str) -> str:
+    """The seqengine implementation a peer's ratio is taken against: the torch GPU peers against
+    seqengine's CUDA backend (same device), everything else (seqengine-cuda too) against the CPU one."""
+    return "seqengine-cuda" if name.endswith("-cuda") and name != "seqengine-cuda" else "seqengine"
 
 
 def _probe(args: list[str], env: dict, timeout: float = 900) -> dict:

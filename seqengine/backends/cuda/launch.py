@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -117,8 +118,8 @@ class Launcher:
     arguments equals numba-cuda's, later launches with arguments of the same kinds go straight to
     ``cuda.core.launch``. Kinds: Python ints (int64), NumPy float scalars, tuples of kinds, and
     C-contiguous non-empty Numba device arrays by (dtype, ndim); anything else always takes the
-    dispatcher. Also skipped that way: numba-cuda's low-occupancy warning, which every launch of
-    a small grid would raise (the step kernels' grids are sized to the problem on purpose).
+    dispatcher. numba-cuda's low-occupancy warning, which every launch of a small grid raises, is
+    not raised: the grids here are sized to the problem on purpose (a user's own launches keep it).
     """
 
     def __init__(self):
@@ -151,7 +152,9 @@ class Launcher:
         self._core_launch(self._streams[stream], config, cufunc, *kernel_args)
 
     def _through_dispatcher(self, dispatcher, griddim, blockdim, stream, sharedmem, args, kinds):
-        configured = dispatcher[griddim, blockdim, stream, sharedmem]
+        with warnings.catch_warnings():   # the low-occupancy warning: these grids are sized on purpose
+            warnings.filterwarnings("ignore", message="Grid size .* under-utilization")
+            configured = dispatcher[griddim, blockdim, stream, sharedmem]
         configured(*args)
         if kinds is None or (dispatcher, kinds) in self._kernels:
             return
