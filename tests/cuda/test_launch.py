@@ -65,6 +65,7 @@ def test_kinds_follow_numbas_contiguity(fake_device):
                                                   ((np.dtype(np.float32), 2), int), np.float32)
     assert _kinds((np.zeros(3, np.float32),)) is None            # host arrays: the dispatcher copies them
     assert _kinds((True,)) is None                               # typed boolean, not int64
+    assert _kinds((np.float16(1),)) is None                      # a scalar kind not marshalled here
 
 
 class FakeKernel:

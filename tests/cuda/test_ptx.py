@@ -12,6 +12,7 @@ import pytest
 
 import seqengine as se
 from seqengine.backends.cuda.emit import signature_types
+from seqengine.backends.cuda.config import GEMM_REGS
 
 CC = (9, 0)
 F64_ARITHMETIC = re.compile(r"\b(add|sub|mul|div|fma)(\.rn)?\.f64\b")
@@ -115,15 +116,17 @@ def test_step_kernels_hot_loop_has_no_wraparound(name):
     assert {"forward_train_seg0_kernel", "forward_infer_seg0_kernel", "backward_seg0_kernel"} <= set(checked), checked
 
 
+@pytest.mark.parametrize("regs", [GEMM_REGS, 8])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_gemm_kernels_compile_to_ptx(dtype):
-    """Every layout of the default GEMM: no float64 arithmetic in float32, no thread-local arrays, and the
-    inner loop as written by hand: a thread's 4 adjacent shared words in one 128-bit load, a multiply-add
-    for every pair of loaded values, no wraparound and little else."""
+def test_gemm_kernels_compile_to_ptx(dtype, regs):
+    """Every layout of the default GEMM (4 x 4 outputs a thread) and of 8 x 8: no float64 arithmetic in
+    float32, no thread-local arrays, and the inner loop as written by hand: a thread's 4 adjacent shared
+    words in one 128-bit load, a multiply-add for every pair of loaded values, no wraparound and little
+    else."""
     from numba import cuda
 
-    from seqengine.backends.cuda.gemm import GEMM_REGS, GEMM_SIGNATURE, gemm_kernel_name, gemm_module
-    module = gemm_module(dtype)
+    from seqengine.backends.cuda.gemm import GEMM_SIGNATURE, gemm_kernel_name, gemm_module
+    module = gemm_module(dtype, regs=regs)
     vector = "ld.shared.v4.f32" if dtype == "float32" else "ld.shared.v2.f64"
     fma = f"fma.rn.{'f32' if dtype == 'float32' else 'f64'}"
     for trans_a in (False, True):
@@ -134,11 +137,13 @@ def test_gemm_kernels_compile_to_ptx(dtype):
             if dtype == "float32":
                 assert not F64_ARITHMETIC.search(ptx), f"{kernel}: float64 arithmetic in a float32 kernel"
             loop = _hot_loop(ptx)
-            assert sum(fma in i for i in loop) == GEMM_REGS ** 2, kernel
+            fmas = sum(fma in i for i in loop)
+            steps = fmas // regs ** 2          # steps of the sum an iteration (4 x 4: LLVM unrolls two)
+            assert steps >= 1 and fmas == steps * regs ** 2, kernel
             loads = sum("ld.shared" in i for i in loop)   # 16 bytes each: 4 float32 or 2 float64 words
-            assert loads == sum(vector in i for i in loop) == 2 * GEMM_REGS // (4 if dtype == "float32" else 2), \
+            assert loads == sum(vector in i for i in loop) == steps * 2 * regs // (4 if dtype == "float32" else 2), \
                 f"{kernel}: {loads} shared loads, not all {vector}"
             assert not [i for i in loop if WRAPAROUND.search(i)], kernel
             # the rest: the step to the next stage row, its address, the loop test (16-20 PTX instructions,
             # 9 SASS instructions after ptxas); the GEMM of session 4 had 69 SASS instructions a step
-            assert len(loop) <= GEMM_REGS ** 2 + loads + 24, f"{kernel}: {len(loop)} PTX instructions in the inner loop"
+            assert len(loop) <= fmas + loads + 24, f"{kernel}: {len(loop)} PTX instructions in the inner loop"

@@ -166,7 +166,7 @@ def test_gemm_kernel_matches_numpy(trans_a, trans_b, threads, regs):
     """The register-tiled GEMM in every layout, with several blocks, several depth stages and partial
     tiles on every side: 3 x 3 threads of 4 x 4 outputs (one run of 4 adjacent rows a thread), 2 x 2
     threads of 8 x 8 (two runs) and 4 x 4 of 2 x 2 (where a thread's staged elements are its first one
-    moved along either side of the tile, as in the default 16 x 8), whole sums and sums split into slices."""
+    moved along either side of the tile, as in 16 x 8), whole sums and sums split into slices."""
     from numba import cuda
 
     kernels = compile_cell(se.get_cell("rnn"), "float64", launch=LaunchConfig(gemm_tile=threads, gemm_regs=regs))

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 STEP_MAX_THREADS = 512
 
 
+# Default GEMM block shape: 16 x 16 threads, 4 x 4 outputs each (64 x 64 tiles of c). 8 x 8 outputs
+# (128 x 128 tiles) was the default until an H200 timed both: 4 x 4 is faster at every product of the
+# targets' shapes (more blocks), equal at 4096^3 (RESULTS.md, session 8).
+GEMM_THREADS = 16
+GEMM_REGS = 4
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """Threads per block of the generated kernels.
@@ -38,8 +45,8 @@ class LaunchConfig:
     units: int = 32
     rows: int | None = None
     splits: int | None = None
-    gemm_tile: int = 16
-    gemm_regs: int = 4
+    gemm_tile: int = GEMM_THREADS
+    gemm_regs: int = GEMM_REGS
     persistent: bool = True
 
     def __post_init__(self):
@@ -57,7 +64,6 @@ class LaunchConfig:
         if self.gemm_regs > 8:
             raise ValueError(f"LaunchConfig.gemm_regs = {self.gemm_regs}; at most 8 (8 x 8 = 64 accumulators "
                              "a thread already fill half of its registers)")
-
 
     def step_block(self, B: int, H: int, multiprocessors: int) -> tuple[int, int, int]:
         """(units, rows, splits) of the step kernels for a batch of B rows and H units.

@@ -26,11 +26,9 @@ from __future__ import annotations
 import functools
 
 from ...compiler.cache import load_generated_module
+from .config import GEMM_REGS, GEMM_THREADS
 from .emit import typed_names
 
-# Default block shape: 16 x 16 threads, 8 x 8 outputs each (128 x 128 tiles of c, 64 accumulators).
-GEMM_THREADS = 16
-GEMM_REGS = 8
 PAD = 4   # words added to every stage row in shared memory: keeps rows 16-byte aligned, spreads banks
 
 
