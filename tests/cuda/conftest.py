@@ -5,8 +5,9 @@
   or on a real GPU; skipped otherwise, e.g. in the normal CPU pytest process.
 - test_ptx.py: every generated kernel compiled to PTX for compute capability 9.0 (needs numba-cuda[cu12],
   no GPU). Opt-in with SEQENGINE_CUDA_PTX=1, and not under the simulator (which does not compile).
-- test_pool.py: the device buffer pool with numba-cuda's own classes on fake addresses; gated as
-  test_ptx.py (numba-cuda's real driver module, which the simulator replaces).
+- test_pool.py, test_launch.py: the device buffer pool and the dispatcher-free launches with
+  numba-cuda's own classes on fake addresses; gated as test_ptx.py (numba-cuda's real driver module,
+  which the simulator replaces).
 - test_availability.py: no GPU needed; runs everywhere.
 """
 
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(
                 reason="needs NUMBA_ENABLE_CUDASIM=1 (set before numba is imported: run tests/cuda/run.sh) "
                        "or a GPU"))
-        elif module in ("test_ptx", "test_pool"):
+        elif module in ("test_ptx", "test_pool", "test_launch"):
             if SIMULATOR:
                 item.add_marker(pytest.mark.skip(reason="the CUDA simulator does not compile to PTX"))
             elif not PTX_CHECK:
