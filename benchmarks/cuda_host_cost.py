@@ -9,8 +9,9 @@ with every kernel launch recorded and skipped, and prints:
   stood in for by a cache of arrays by shape, as its free lists serve a steady training loop; the
   simulator's own allocations would fault pages), not numba-cuda's dispatch nor the driver, which only
   a GPU can time;
-- the launches a call makes and the device-array arguments they pass: numba-cuda types and marshals
-  each argument on every launch (session 4 on an H200: 99.8 us for a 20-array launch, 10.2 bound).
+- the launches a call makes and the device-array arguments they pass: through numba-cuda's dispatcher,
+  each launch types and marshals every argument (session 4 on an H200: 99.8 us for a 20-array launch,
+  10.2 bound); since session 8 the runtime binds them (`launch.py`), marshalling each array itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from numba import config, cuda
 import seqengine as se
 from seqengine import functional
 from seqengine.backends.cuda import compile_cell, pool
+from seqengine.bench.runner import parse_shape
 
 
 class RecordedKernel:
@@ -77,7 +79,8 @@ def main():
     for name in opts.cells.split(","):
         cell = se.get_cell(name)
         for shape in opts.shapes:
-            T, B, H = (int(v) for v in shape.split("x"))
+            sh = parse_shape(shape)
+            T, B, H = sh.T, sh.B, sh.H
             cached = compile_cell(cell, "float32")
             kernels = cached.with_launch(cached.launch)      # a copy: the cached kernels stay as they are
             kernels.module, kernels.gemm = Recorded(kernels.module), Recorded(kernels.gemm)

@@ -37,6 +37,7 @@ from numba import cuda
 
 from seqengine import functional
 from seqengine.backends.cuda import LaunchConfig, compile_cell, runtime
+from seqengine.bench.runner import parse_shape
 from seqengine.plugins import get_cell
 
 spent = collections.defaultdict(float)     # seconds per part within the current step
@@ -83,7 +84,8 @@ def main():
         cell = get_cell(name)
         for launch, shape in [(launch, shape) for shape in opts.shapes for launch in launches]:
             kernels = compile_cell(cell, "float32", launch=launch)
-            T, B, H = (int(v) for v in shape.split("x"))
+            sh = parse_shape(shape)
+            T, B, H = sh.T, sh.B, sh.H
             rng = np.random.default_rng(0)
             params = functional.init_params(cell, H, H, rng=rng)
             dev = {k: cuda.to_device(v) for k, v in params.items()}

@@ -21,11 +21,13 @@ import numpy as np
 from numba import cuda
 
 from seqengine.backends.cuda import LaunchConfig, compile_cell
+from seqengine.bench.runner import parse_shape
 from seqengine.plugins import get_cell
 
 
 def products(shape: str, gates: int = 4):
-    T, B, H = (int(v) for v in shape.split("x"))
+    sh = parse_shape(shape)
+    T, B, H = sh.T, sh.B, sh.H
     rows = T * B
     return [(f"{shape} x_proj", (rows, H), (gates * H, H), False, True),
             (f"{shape} dW", (rows, gates * H), (rows, H), True, False),

@@ -141,3 +141,21 @@ def test_a_kernel_marshalled_differently_stays_on_the_dispatcher(fake_device, mo
         for _ in range(3):
             launch(kernel, 1, 32, 0, 0, x)
     assert len(kernel.calls) == 3
+
+
+def test_step_launch_replaces_only_t_in_numbas_parameters(fake_device, monkeypatch):
+    import numba.cuda.dispatcher
+    from seqengine.backends.cuda import launch as launch_module
+    from seqengine.backends.cuda.launch import Launcher, StepLaunch, _value
+    core = []
+    monkeypatch.setattr(numba.cuda.dispatcher, "launch",
+                        lambda stream, config, kernel, *params: core.append([_value(p) for p in params]))
+    monkeypatch.setattr(launch_module, "launch", Launcher())
+    pool, _ = make_pool()
+    kernel = FakeDispatcher()
+    x, y = pool.empty((4, 3), np.float32), pool.empty((2, 5), np.float64)
+    step = StepLaunch(kernel, (2, 1), (8, 8), 0, 0, [x, 0, y], 1)
+    for t in (3, 1, 2):
+        step(t)
+    assert step.bound and len(kernel.calls) == 1      # the first launch only through the dispatcher
+    assert core == [numba_params((x, 1, y)), numba_params((x, 2, y))]

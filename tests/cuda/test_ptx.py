@@ -11,8 +11,8 @@ import re
 import pytest
 
 import seqengine as se
-from seqengine.backends.cuda.emit import signature_types
 from seqengine.backends.cuda.config import GEMM_REGS
+from seqengine.backends.cuda.emit import signature_types
 
 CC = (9, 0)
 F64_ARITHMETIC = re.compile(r"\b(add|sub|mul|div|fma)(\.rn)?\.f64\b")

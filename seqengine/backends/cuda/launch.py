@@ -6,16 +6,16 @@ every launch. On an H200 that cost 21 us for a 4-argument kernel and 83 us for a
 training call's host work bounds it at the smaller shapes (session 8: numba-cuda's launch path was
 ~40% of the profiled host time of an rnn step at 50x16x512, and the GPU waited for the host).
 
-- `StepLaunch`: one kernel launched many times with the same arguments except the step index ``t``
-  (the step loop): typed and marshalled once, then only ``t`` is replaced.
 - `launch` (a `Launcher`): any kernel with any arguments. The compiled kernel is looked up once per
   (kernel, argument kinds) and the arguments marshalled by a few lines of Python (the values
   numba-cuda would pass; checked against its own marshalling when a kernel is first bound).
+- `StepLaunch`: one kernel launched many times with the same arguments except the step index ``t``
+  (the step loop): bound by `launch`, marshalled once, then only ``t`` is replaced.
 
-Both read numba-cuda internals (``overloads``, ``_prepare_args``, the code library's cufunc). Where they
+These read numba-cuda internals (``overloads``, ``_prepare_args``, the code library's cufunc). Where they
 are missing or differ (the CUDA simulator, another numba-cuda version, a debug build) they launch
-through the dispatcher: slower, never wrong. ``SEQENGINE_CUDA_DIRECT=0`` sends `launch` through the
-dispatcher always.
+through the dispatcher: slower, never wrong. ``SEQENGINE_CUDA_DIRECT=0`` sends every launch through
+the dispatcher.
 """
 
 from __future__ import annotations
@@ -31,52 +31,34 @@ import numpy as np
 class StepLaunch:
     """``launch(t)`` runs ``kernel[grid, block, stream, shared](*args)`` with ``args[t_position] = t``.
 
-    The arrays in `args` must stay alive and unchanged in identity while the object is used (the
-    runtime builds one per kernel per call and drops it at the end of the call).
+    The first launch goes through `launch` (the Launcher), which binds the kernel; the parameters are
+    then marshalled once and only ``t`` is replaced. The arrays in `args` must stay alive and
+    unchanged in identity while the object is used (the runtime builds one per kernel per call and
+    drops it at the end of the call).
     """
 
     def __init__(self, dispatcher, griddim, blockdim, stream, sharedmem: int, args, t_position: int):
         self.dispatcher = dispatcher
-        self.configured = dispatcher[griddim, blockdim, stream, sharedmem]
+        self.shape = (griddim, blockdim, stream, sharedmem)
         self.args = list(args)
         self.t_position = t_position
         self.bound = False      # True once launches bypass the dispatcher
-        self._fast = None       # (core launch, stream, config, cufunc kernel, kernel args, index of t)
+        self._fast = None       # (core launch, stream, config, cufunc kernel, parameters, index of t)
         self._tried = False
 
     def __call__(self, t: int) -> None:
         fast = self._fast
         if fast is not None:
-            core_launch, stream, config, kernel, kernel_args, t_index = fast
-            kernel_args[t_index] = ctypes.c_int64(t)
-            core_launch(stream, config, kernel, *kernel_args)
+            core_launch, stream, config, kernel, params, t_index = fast
+            params[t_index] = ctypes.c_int64(t)
+            core_launch(stream, config, kernel, *params)
             return
         self.args[self.t_position] = t
-        self.configured(*self.args)          # the first launch compiles (or loads from the disk cache)
+        launch(self.dispatcher, *self.shape, *self.args)   # the first launch compiles and binds
         if not self._tried:
             self._tried = True
-            self._fast = self._bind()
+            self._fast = launch.prepared(self.dispatcher, *self.shape, self.args, self.t_position)
             self.bound = self._fast is not None
-
-    def _bind(self):
-        """The prepared launch, or None where this numba-cuda cannot be bound (see module docstring)."""
-        kernel = compiled_kernel(self.dispatcher, self.configured, self.args)
-        if kernel is None:
-            return None
-        from numba.cuda import types
-        from numba.cuda.dispatcher import launch
-        if kernel.argument_types[self.t_position] != types.int64:
-            return None
-        cfg = self.configured
-        kernel_args, written_back, t_index = [], [], None
-        for k, (ty, value) in enumerate(zip(kernel.argument_types, self.args)):
-            if k == self.t_position:
-                t_index = len(kernel_args)
-            kernel._prepare_args(ty, value, cfg.stream, written_back, kernel_args)
-        if written_back:             # a host array was copied in: it must be copied on every launch
-            return None
-        config = core_launch_config(cfg.griddim, cfg.blockdim, cfg.sharedmem, kernel.cooperative)
-        return launch, cfg.stream, config, kernel._codelibrary.get_cufunc().kernel, kernel_args, t_index
 
 
 def compiled_kernel(dispatcher, configured, args):
@@ -129,6 +111,27 @@ class Launcher:
         self._streams: dict = {}    # the stream argument -> numba-cuda's cuda.core stream object
 
     def __call__(self, dispatcher, griddim, blockdim, stream, sharedmem, *args) -> None:
+        kinds, bound = self._bound(dispatcher, griddim, blockdim, sharedmem, args)
+        if bound is None:
+            self._through_dispatcher(dispatcher, griddim, blockdim, stream, sharedmem, args, kinds)
+            return
+        params: list = []
+        _marshal(args, params)
+        self._core_launch(self._streams[stream], *bound, *params)
+
+    def prepared(self, dispatcher, griddim, blockdim, stream, sharedmem, args, t_position: int):
+        """For `StepLaunch`, after a launch with `args`: (core launch, stream, config, cufunc, parameters,
+        index of args[t_position] among them), or None where the kernel is not bound."""
+        _, bound = self._bound(dispatcher, griddim, blockdim, sharedmem, args)
+        if bound is None or type(args[t_position]) is not int:
+            return None
+        params, before_t = [], []
+        _marshal(args, params)
+        _marshal(args[:t_position], before_t)
+        return (self._core_launch, self._streams[stream], *bound, params, len(before_t))
+
+    def _bound(self, dispatcher, griddim, blockdim, sharedmem, args):
+        """(kinds of `args`, (cuda.core config, cufunc) where the kernel is bound for them, else None)."""
         if self._array_class is None:
             try:
                 from numba.cuda.cudadrv.devicearray import DeviceNDArray as array_class
@@ -140,16 +143,13 @@ class Launcher:
         kinds = _kinds(args, self._array_class) if self._array_class else None
         bound = self._kernels.get((dispatcher, kinds)) if kinds is not None else None
         if bound is None:
-            self._through_dispatcher(dispatcher, griddim, blockdim, stream, sharedmem, args, kinds)
-            return
+            return kinds, None
         cufunc, cooperative = bound
         key = (griddim, blockdim, sharedmem, cooperative)
         config = self._configs.get(key)
         if config is None:
             config = self._configs[key] = core_launch_config(_dims(griddim), _dims(blockdim), sharedmem, cooperative)
-        kernel_args: list = []
-        _marshal(args, kernel_args)
-        self._core_launch(self._streams[stream], config, cufunc, *kernel_args)
+        return kinds, (config, cufunc)
 
     def _through_dispatcher(self, dispatcher, griddim, blockdim, stream, sharedmem, args, kinds):
         with warnings.catch_warnings():   # the low-occupancy warning: these grids are sized on purpose
